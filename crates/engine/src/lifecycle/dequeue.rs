@@ -1,0 +1,147 @@
+//! Claiming runs: a worker asks for work that fits its free capacity and gets runs whose
+//! queue, concurrency key and environment each have a free slot, oldest (by score) first.
+
+use std::collections::HashSet;
+
+use trigger_types::{ExecutionStatus, MachinePreset, RunStatus};
+
+use crate::error::Result;
+use crate::lifecycle::{attempt, queue, registry};
+use crate::model::{Run, Snapshot, TaskDef, TimerKind, WorkerVersion};
+use crate::txn::Txn;
+
+/// What a worker can take on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DequeueRequest {
+    /// The worker process asking; recorded on the runs it claims.
+    pub worker_instance: String,
+    /// The worker version it runs (`worker_…`); the newest registered version when `None`.
+    pub worker_id: Option<String>,
+    /// Most runs to claim.
+    pub max_runs: u32,
+    /// Free vCPUs and memory (GB); `None` is unbounded.
+    pub cpu: Option<f64>,
+    pub memory: Option<f64>,
+}
+
+/// A claimed run, ready for its attempt to start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dequeued {
+    pub run: Run,
+    pub snapshot: Snapshot,
+    pub worker: WorkerVersion,
+    pub task: TaskDef,
+    pub machine: MachinePreset,
+}
+
+/// Claims runs for a worker. Each run is claimed once: it leaves the queue, takes a slot
+/// and gets a `PENDING_EXECUTING` snapshot with a lease in the same transaction.
+pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> Result<Vec<Dequeued>> {
+    let env = registry::environment(txn, env_id)?;
+    if env.paused || req.max_runs == 0 {
+        return Ok(Vec::new());
+    }
+    let worker = match &req.worker_id {
+        Some(id) => match txn.tx.get_worker(id)? {
+            Some(w) if w.env_id == env_id => w,
+            _ => return Ok(Vec::new()),
+        },
+        None => match txn.tx.latest_worker(env_id)? {
+            Some(w) => w,
+            None => return Ok(Vec::new()),
+        },
+    };
+    let tasks = txn.tx.list_tasks(env_id, &worker.id)?;
+    let known: HashSet<&str> = tasks.iter().map(|t| t.slug.as_str()).collect();
+
+    let mut out = Vec::new();
+    let (mut cpu, mut memory) = (req.cpu.unwrap_or(f64::INFINITY), req.memory.unwrap_or(f64::INFINITY));
+    let mut blocked: HashSet<(String, String)> = HashSet::new();
+    // A few rounds: a subqueue emptied or filled in one round makes room for others.
+    for _ in 0..4 {
+        let (env_limit, env_running) = queue::env_capacity(txn, env_id)?;
+        if env_running >= env_limit || out.len() as u32 >= req.max_runs {
+            break;
+        }
+        let subs = txn.tx.claimable_subqueues(env_id, env_limit, 64)?;
+        let mut progressed = false;
+        for sub in subs {
+            if blocked.contains(&(sub.queue.clone(), sub.concurrency_key.clone())) {
+                continue;
+            }
+            let (env_limit, env_running) = queue::env_capacity(txn, env_id)?;
+            let want = req.max_runs.saturating_sub(out.len() as u32);
+            if want == 0 || env_running >= env_limit {
+                break;
+            }
+            let limit = sub.limit.unwrap_or(env_limit).min(env_limit);
+            let free = limit.saturating_sub(sub.running).min(env_limit - env_running);
+            let entries = txn.tx.peek_subqueue(env_id, &sub.queue, &sub.concurrency_key, free.min(want.max(1)))?;
+            for entry in entries {
+                let mut run = txn.lock_run(&entry.run_id)?;
+                if entry.resume {
+                    txn.tx.dequeue_entry(&entry.run_id)?;
+                    queue::promote(txn, &mut run)?;
+                    progressed = true;
+                    continue;
+                }
+                if out.len() as u32 >= req.max_runs {
+                    break;
+                }
+                let version_ok = run.lock_to_version.as_ref().is_none_or(|v| *v == worker.version);
+                let fits = entry.machine.cpu() <= cpu && entry.machine.memory() <= memory;
+                if !known.contains(entry.task.as_str()) || !version_ok || !fits {
+                    // Keep FIFO within the subqueue: this worker cannot take its head.
+                    blocked.insert((sub.queue.clone(), sub.concurrency_key.clone()));
+                    break;
+                }
+                if run.ttl_ms.is_some_and(|ttl| run.queued_at.is_some_and(|q| q + ttl as i64 <= txn.now))
+                    && run.attempt_number == 0
+                {
+                    attempt::expire(txn, &mut run)?;
+                    progressed = true;
+                    continue;
+                }
+                let Some(task) = tasks.iter().find(|t| t.slug == run.task).cloned() else { break };
+                txn.tx.dequeue_entry(&run.id)?;
+                queue::acquire(txn, &run)?;
+                let machine = run.machine.or(task.machine).unwrap_or_default();
+                cpu -= machine.cpu();
+                memory -= machine.memory();
+                lock_to_task(&mut run, &worker, &task, machine, &req.worker_instance);
+                run.status = RunStatus::Dequeued;
+                let snapshot = txn.snapshot(&mut run, ExecutionStatus::PendingExecuting, "run was dequeued", Vec::new())?;
+                txn.clear_timer(TimerKind::Expire, &run.id)?;
+                txn.arm_heartbeat(&run)?;
+                txn.save_run(&mut run)?;
+                out.push(Dequeued { run, snapshot, worker: worker.clone(), task, machine });
+                progressed = true;
+            }
+        }
+        if !progressed {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// At dequeue a run takes its settings from the task definition of the version it runs on.
+fn lock_to_task(run: &mut Run, worker: &WorkerVersion, task: &TaskDef, machine: MachinePreset, instance: &str) {
+    run.worker_id = Some(worker.id.clone());
+    run.worker_instance = Some(instance.to_string());
+    run.machine = Some(machine);
+    run.retry = task.retry.clone();
+    if run.max_attempts.is_none() {
+        run.max_attempts = task.retry.as_ref().map(|r| r.max_attempts);
+    }
+    // Trigger.dev clamps `maxDuration` to at least 5 s.
+    run.max_duration_secs = run.max_duration_secs.or(task.max_duration_secs).map(|d| d.max(5));
+}
+
+impl DequeueRequest {
+    /// A request for up to `max_runs` runs on the newest worker version, with no cpu or
+    /// memory bound.
+    pub fn new(worker_instance: impl Into<String>, max_runs: u32) -> Self {
+        DequeueRequest { worker_instance: worker_instance.into(), worker_id: None, max_runs, cpu: None, memory: None }
+    }
+}

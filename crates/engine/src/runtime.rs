@@ -1,0 +1,231 @@
+//! The writer thread: it owns the store, applies commands in batches (one transaction,
+//! one savepoint per command) and publishes their effects after the commit.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{broadcast, oneshot, Notify};
+use trigger_types::Millis;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::storage::{ErrorKind, StorageError, Store};
+use crate::txn::{Effect, RunChange, Txn};
+
+/// A command for the writer thread. `apply` may run more than once when a transaction is
+/// retried after a lost race; `finish` runs once, after the commit.
+pub(crate) trait Command: Send {
+    fn apply(&mut self, txn: &mut Txn<'_>) -> Applied;
+    fn finish(self: Box<Self>, commit: std::result::Result<(), StorageError>);
+}
+
+/// How applying a command went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Applied {
+    Ok,
+    Failed,
+    /// A unique constraint fired: another writer got there first.
+    LostRace,
+}
+
+struct Call<T, F> {
+    f: F,
+    result: Option<Result<T>>,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> Command for Call<T, F>
+where
+    T: Send + 'static,
+    F: FnMut(&mut Txn<'_>) -> Result<T> + Send + 'static,
+{
+    fn apply(&mut self, txn: &mut Txn<'_>) -> Applied {
+        let result = (self.f)(txn);
+        let applied = match &result {
+            Ok(_) => Applied::Ok,
+            Err(Error::Storage(StorageError { kind: ErrorKind::UniqueViolation, .. })) => Applied::LostRace,
+            Err(_) => Applied::Failed,
+        };
+        self.result = Some(result);
+        applied
+    }
+
+    fn finish(self: Box<Self>, commit: std::result::Result<(), StorageError>) {
+        let result = match (self.result, commit) {
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(_)), Err(e)) => Err(Error::Storage(e)),
+            (Some(Ok(v)), Ok(())) => Ok(v),
+            (None, Err(e)) => Err(Error::Storage(e)),
+            (None, Ok(())) => Err(Error::Shutdown),
+        };
+        let _ = self.reply.send(result);
+    }
+}
+
+/// Wake-ups published after commits.
+pub(crate) struct Notifier {
+    envs: Mutex<HashMap<String, Arc<Notify>>>,
+    pub(crate) timers: Notify,
+    pub(crate) changes: broadcast::Sender<RunChange>,
+    pub(crate) earliest_timer: Mutex<Option<Millis>>,
+}
+
+impl Notifier {
+    pub(crate) fn new() -> Self {
+        Notifier {
+            envs: Mutex::new(HashMap::new()),
+            timers: Notify::new(),
+            changes: broadcast::channel(4096).0,
+            earliest_timer: Mutex::new(None),
+        }
+    }
+
+    /// The wake-up of an environment's dequeuers.
+    pub(crate) fn env(&self, env_id: &str) -> Arc<Notify> {
+        let mut envs = self.envs.lock().unwrap_or_else(|e| e.into_inner());
+        envs.entry(env_id.to_string()).or_insert_with(|| Arc::new(Notify::new())).clone()
+    }
+
+    fn publish(&self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::WorkAvailable { env_id } => self.env(&env_id).notify_waiters(),
+                Effect::RunChanged(change) => {
+                    let _ = self.changes.send(change);
+                }
+                Effect::TimerArmed { at } => {
+                    let mut earliest = self.earliest_timer.lock().unwrap_or_else(|e| e.into_inner());
+                    if earliest.is_none_or(|e| at < e) {
+                        *earliest = Some(at);
+                        self.timers.notify_one();
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub(crate) struct Writer {
+    sender: Mutex<Option<mpsc::Sender<Box<dyn Command>>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Writer {
+    pub(crate) fn start(
+        store: Box<dyn Store>,
+        clock: Arc<dyn Clock>,
+        config: Arc<Config>,
+        notifier: Arc<Notifier>,
+    ) -> Self {
+        let (sender, receiver) = mpsc::channel::<Box<dyn Command>>();
+        let thread = std::thread::Builder::new()
+            .name("trigger-engine-writer".into())
+            .spawn(move || writer_loop(store, receiver, clock, config, notifier))
+            .expect("spawn the engine writer thread");
+        Writer { sender: Mutex::new(Some(sender)), thread: Mutex::new(Some(thread)) }
+    }
+
+    /// Hands a command to the writer thread at once; the returned receiver yields its result
+    /// after the commit.
+    pub(crate) fn submit<T, F>(&self, f: F) -> Result<oneshot::Receiver<Result<T>>>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut Txn<'_>) -> Result<T> + Send + 'static,
+    {
+        let (reply, receiver) = oneshot::channel();
+        let command: Box<dyn Command> = Box::new(Call { f, result: None, reply });
+        let sender = self.sender.lock().unwrap_or_else(|e| e.into_inner());
+        sender.as_ref().ok_or(Error::Shutdown)?.send(command).map_err(|_| Error::Shutdown)?;
+        Ok(receiver)
+    }
+
+    pub(crate) async fn call<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut Txn<'_>) -> Result<T> + Send + 'static,
+    {
+        self.submit(f)?.await.map_err(|_| Error::Shutdown)?
+    }
+
+    /// Stops accepting commands, lets the thread finish the queued ones, and waits for it.
+    pub(crate) fn shutdown(&self) {
+        self.sender.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+const MAX_TX_RETRIES: usize = 5;
+
+fn writer_loop(
+    mut store: Box<dyn Store>,
+    receiver: mpsc::Receiver<Box<dyn Command>>,
+    clock: Arc<dyn Clock>,
+    config: Arc<Config>,
+    notifier: Arc<Notifier>,
+) {
+    while let Ok(first) = receiver.recv() {
+        let mut batch = vec![first];
+        while batch.len() < config.max_batch {
+            match receiver.try_recv() {
+                Ok(command) => batch.push(command),
+                Err(_) => break,
+            }
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut effects = Vec::new();
+            let outcome = run_batch(store.as_mut(), &mut batch, clock.now(), &config, &mut effects);
+            match outcome {
+                Err(e) if e.kind == ErrorKind::Conflict && attempt < MAX_TX_RETRIES => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, commands = batch.len(), "engine transaction failed");
+                    for command in batch {
+                        command.finish(Err(e.clone()));
+                    }
+                }
+                Ok(()) => {
+                    for command in batch {
+                        command.finish(Ok(()));
+                    }
+                    notifier.publish(effects);
+                }
+            }
+            break;
+        }
+    }
+}
+
+fn run_batch(
+    store: &mut dyn Store,
+    batch: &mut [Box<dyn Command>],
+    now: Millis,
+    config: &Config,
+    effects: &mut Vec<Effect>,
+) -> std::result::Result<(), StorageError> {
+    let mut tx = store.begin()?;
+    for command in batch.iter_mut() {
+        tx.savepoint()?;
+        let mark = effects.len();
+        let mut applied = command.apply(&mut Txn { tx: tx.as_mut(), now, config, effects });
+        if applied == Applied::LostRace {
+            // A lost unique race (two triggers with one idempotency key from two
+            // replicas) succeeds on a second try, which finds the winner's row.
+            tx.rollback_to_savepoint()?;
+            effects.truncate(mark);
+            tx.savepoint()?;
+            applied = command.apply(&mut Txn { tx: tx.as_mut(), now, config, effects });
+        }
+        if applied == Applied::Ok {
+            tx.release_savepoint()?;
+        } else {
+            tx.rollback_to_savepoint()?;
+            effects.truncate(mark);
+        }
+    }
+    tx.commit()
+}

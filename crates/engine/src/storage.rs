@@ -1,0 +1,206 @@
+//! The storage seam: what a backend must provide for the engine to run on it.
+//!
+//! The engine drives one [`Tx`] at a time from its writer thread and applies many commands
+//! inside it (each behind a savepoint), so a backend sees few, large transactions. Methods
+//! named `lock_*` read a row the transaction intends to change; a backend shared by several
+//! processes (PostgreSQL) must lock it (`FOR UPDATE`) so two replicas never act on one run
+//! at once. Counters of the concurrency tables are maintained by the backend inside
+//! [`Tx::enqueue`], [`Tx::dequeue_entry`], [`Tx::acquire`] and [`Tx::release`], so that a
+//! backend can make them atomic in whatever way suits it.
+//!
+//! Errors carry a portable [`ErrorKind`]; the engine never looks at SQLSTATE codes.
+
+use trigger_types::Millis;
+
+use crate::model::*;
+
+/// What went wrong in storage, in terms the engine can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A unique constraint was violated (idempotency key, batch item index, …).
+    UniqueViolation,
+    /// The transaction lost a race (serialization failure, deadlock, busy): retry it.
+    Conflict,
+    /// The database cannot be reached or is shutting down.
+    Unavailable,
+    /// Stored data could not be decoded.
+    Corrupt,
+    /// Anything else.
+    Other,
+}
+
+/// A storage error.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("storage error ({kind:?}): {message}")]
+pub struct StorageError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl StorageError {
+    /// A new error of a kind.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        StorageError { kind, message: message.into() }
+    }
+}
+
+/// Result of a storage call.
+pub type StorageResult<T> = std::result::Result<T, StorageError>;
+
+/// A database the engine can run on. Owned by the engine's writer thread.
+pub trait Store: Send + 'static {
+    /// Begins a read-write transaction.
+    fn begin(&mut self) -> StorageResult<Box<dyn Tx + '_>>;
+}
+
+/// One transaction. Dropping it without [`Tx::commit`] rolls it back.
+pub trait Tx {
+    /// Commits everything written since `begin`.
+    fn commit(self: Box<Self>) -> StorageResult<()>;
+    /// Marks a point to roll back to (nested calls are not needed).
+    fn savepoint(&mut self) -> StorageResult<()>;
+    /// Forgets the savepoint, keeping its writes.
+    fn release_savepoint(&mut self) -> StorageResult<()>;
+    /// Undoes every write since the savepoint and forgets it.
+    fn rollback_to_savepoint(&mut self) -> StorageResult<()>;
+
+    // Environments, worker versions, tasks and queues.
+
+    fn insert_environment(&mut self, env: &Environment) -> StorageResult<()>;
+    fn get_environment(&mut self, id: &str) -> StorageResult<Option<Environment>>;
+    fn update_environment(&mut self, env: &Environment) -> StorageResult<()>;
+    /// Environments of a project, oldest first.
+    fn list_environments(&mut self, project_id: &str) -> StorageResult<Vec<Environment>>;
+    /// Runs of the environment holding a concurrency slot.
+    fn env_running(&mut self, env_id: &str) -> StorageResult<u32>;
+
+    fn insert_worker(&mut self, worker: &WorkerVersion) -> StorageResult<()>;
+    fn get_worker(&mut self, id: &str) -> StorageResult<Option<WorkerVersion>>;
+    /// The most recently registered worker version of an environment.
+    fn latest_worker(&mut self, env_id: &str) -> StorageResult<Option<WorkerVersion>>;
+    fn find_worker_by_version(&mut self, env_id: &str, version: &str) -> StorageResult<Option<WorkerVersion>>;
+    /// Worker versions of an environment, newest first.
+    fn list_workers(&mut self, env_id: &str, limit: u32) -> StorageResult<Vec<WorkerVersion>>;
+
+    /// Inserts or replaces the task `(env_id, worker_id, slug)`.
+    fn upsert_task(&mut self, task: &TaskDef) -> StorageResult<()>;
+    fn get_task(&mut self, env_id: &str, worker_id: &str, slug: &str) -> StorageResult<Option<TaskDef>>;
+    /// Tasks of one worker version, by slug.
+    fn list_tasks(&mut self, env_id: &str, worker_id: &str) -> StorageResult<Vec<TaskDef>>;
+
+    /// Inserts or replaces the queue `(env_id, name)`, and applies its limit and paused flag
+    /// to the queue's subqueues.
+    fn upsert_queue(&mut self, queue: &QueueDef) -> StorageResult<()>;
+    fn get_queue(&mut self, env_id: &str, name: &str) -> StorageResult<Option<QueueDef>>;
+    /// Queues of an environment, by name.
+    fn list_queues(&mut self, env_id: &str) -> StorageResult<Vec<QueueDef>>;
+
+    // Runs.
+
+    /// Inserts a run and its payload. `UniqueViolation` when `(env_id, task,
+    /// idempotency_key)` is taken.
+    fn insert_run(&mut self, run: &Run, payload: &Packet) -> StorageResult<()>;
+    /// Reads a run the transaction will change.
+    fn lock_run(&mut self, id: &str) -> StorageResult<Option<Run>>;
+    /// Reads a run.
+    fn get_run(&mut self, id: &str) -> StorageResult<Option<Run>>;
+    /// Writes every field of an existing run (not its payload or output).
+    fn update_run(&mut self, run: &Run) -> StorageResult<()>;
+    fn get_payload(&mut self, run_id: &str) -> StorageResult<Option<Packet>>;
+    fn set_output(&mut self, run_id: &str, output: &Packet) -> StorageResult<()>;
+    fn get_output(&mut self, run_id: &str) -> StorageResult<Option<Packet>>;
+    fn find_run_by_idempotency_key(&mut self, env_id: &str, task: &str, key: &str) -> StorageResult<Option<Run>>;
+    /// Runs matching a filter, newest first, one page.
+    fn list_runs(&mut self, filter: &RunFilter, page: &Page) -> StorageResult<Vec<Run>>;
+    /// Direct children of a run, oldest first.
+    fn list_children(&mut self, parent_run_id: &str) -> StorageResult<Vec<Run>>;
+    /// Runs of an environment in a status, oldest first (used for `PENDING_VERSION`).
+    fn list_runs_in_status(&mut self, env_id: &str, status: trigger_types::RunStatus, limit: u32) -> StorageResult<Vec<Run>>;
+
+    // Execution snapshots.
+
+    fn insert_snapshot(&mut self, snapshot: &Snapshot) -> StorageResult<()>;
+    fn get_snapshot(&mut self, id: &str) -> StorageResult<Option<Snapshot>>;
+    /// A run's snapshots after `after_id` (all when `None`), oldest first.
+    fn list_snapshots(&mut self, run_id: &str, after_id: Option<&str>) -> StorageResult<Vec<Snapshot>>;
+
+    // Queues and concurrency.
+
+    /// Puts a run in its subqueue (creating the subqueue with the queue's limit if needed)
+    /// and keeps the subqueue's `ready_count` and `head_score` current. Replaces an existing
+    /// entry of the same run.
+    fn enqueue(&mut self, entry: &ReadyEntry) -> StorageResult<()>;
+    /// Takes a run out of its subqueue; `None` when it was not queued.
+    fn dequeue_entry(&mut self, run_id: &str) -> StorageResult<Option<ReadyEntry>>;
+    /// Subqueues of an environment that have ready runs, are not paused and are below their
+    /// limit (`running < min(limit, env_limit)`), lowest `head_score` first. A backend shared
+    /// by several processes locks the rows it returns, skipping rows locked by others.
+    fn claimable_subqueues(&mut self, env_id: &str, env_limit: u32, max: u32) -> StorageResult<Vec<Subqueue>>;
+    /// The first `max` ready entries of a subqueue, lowest score first.
+    fn peek_subqueue(&mut self, env_id: &str, queue: &str, concurrency_key: &str, max: u32) -> StorageResult<Vec<ReadyEntry>>;
+    fn get_subqueue(&mut self, env_id: &str, queue: &str, concurrency_key: &str) -> StorageResult<Option<Subqueue>>;
+    /// Subqueues of one queue (one per concurrency key in use), by key.
+    fn list_subqueues(&mut self, env_id: &str, queue: &str) -> StorageResult<Vec<Subqueue>>;
+    /// Gives a run a concurrency slot: records the holder and increments the subqueue's and
+    /// the environment's running counts. Returns false (and changes nothing) when the run
+    /// already holds one.
+    fn acquire(&mut self, holder: &Holder) -> StorageResult<bool>;
+    /// Frees a run's slot and decrements the counts. Returns false when it held none.
+    fn release(&mut self, run_id: &str) -> StorageResult<bool>;
+    fn get_holder(&mut self, run_id: &str) -> StorageResult<Option<Holder>>;
+
+    // Timers.
+
+    /// Inserts or moves the timer with this key.
+    fn set_timer(&mut self, timer: &Timer) -> StorageResult<()>;
+    fn clear_timer(&mut self, key: &str) -> StorageResult<()>;
+    fn get_timer(&mut self, key: &str) -> StorageResult<Option<Timer>>;
+    /// Removes and returns up to `max` timers due at `now`, earliest first. A backend shared
+    /// by several processes must hand each timer to exactly one of them.
+    fn take_due_timers(&mut self, now: Millis, max: u32) -> StorageResult<Vec<Timer>>;
+    /// When the earliest timer fires.
+    fn next_timer_at(&mut self) -> StorageResult<Option<Millis>>;
+
+    // Waitpoints.
+
+    /// `UniqueViolation` when `(env_id, idempotency_key)` is taken.
+    fn insert_waitpoint(&mut self, waitpoint: &Waitpoint) -> StorageResult<()>;
+    fn lock_waitpoint(&mut self, id: &str) -> StorageResult<Option<Waitpoint>>;
+    fn update_waitpoint(&mut self, waitpoint: &Waitpoint) -> StorageResult<()>;
+    fn find_waitpoint_by_key(&mut self, env_id: &str, key: &str) -> StorageResult<Option<Waitpoint>>;
+    /// The `RUN` waitpoint a run completes, if one was created.
+    fn find_run_waitpoint(&mut self, run_id: &str) -> StorageResult<Option<Waitpoint>>;
+    /// Waitpoints matching a filter, newest first, one page (cursor over ids).
+    fn list_waitpoints(&mut self, filter: &WaitpointFilter, page: &Page) -> StorageResult<Vec<Waitpoint>>;
+
+    /// Blocks a run on a waitpoint. Returns false when the same edge
+    /// `(run, waitpoint, batch_index)` already exists.
+    fn insert_block(&mut self, edge: &BlockEdge) -> StorageResult<bool>;
+    /// The edges blocking a run, in insertion order.
+    fn list_blocks(&mut self, run_id: &str) -> StorageResult<Vec<BlockEdge>>;
+    /// The runs blocked by a waitpoint.
+    fn runs_blocked_by(&mut self, waitpoint_id: &str) -> StorageResult<Vec<String>>;
+    fn delete_blocks(&mut self, run_id: &str) -> StorageResult<()>;
+
+    // Batches.
+
+    fn insert_batch(&mut self, batch: &Batch) -> StorageResult<()>;
+    fn lock_batch(&mut self, id: &str) -> StorageResult<Option<Batch>>;
+    fn update_batch(&mut self, batch: &Batch) -> StorageResult<()>;
+    fn find_batch_by_key(&mut self, env_id: &str, key: &str) -> StorageResult<Option<Batch>>;
+    /// Records item `index` of a batch. Returns false when that index is already recorded.
+    fn insert_batch_item(&mut self, batch_id: &str, index: u32, run_id: &str) -> StorageResult<bool>;
+    /// The run of item `index` of a batch, if recorded.
+    fn get_batch_item(&mut self, batch_id: &str, index: u32) -> StorageResult<Option<String>>;
+    /// `(index, run_id)` of a batch's items, by index.
+    fn list_batch_items(&mut self, batch_id: &str) -> StorageResult<Vec<(u32, String)>>;
+    /// Batches of an environment, newest first.
+    fn list_batches(&mut self, env_id: &str, page: &Page) -> StorageResult<Vec<Batch>>;
+
+    // Run events.
+
+    /// Appends events, assigning increasing `seq` values.
+    fn insert_events(&mut self, events: &[RunEvent]) -> StorageResult<()>;
+    /// A run's events with `seq > after_seq`, in order.
+    fn list_events(&mut self, run_id: &str, after_seq: i64, max: u32) -> StorageResult<Vec<RunEvent>>;
+}
