@@ -125,6 +125,50 @@ impl Engine {
         self.inner.notifier.changes.subscribe()
     }
 
+    // Tenancy.
+
+    /// The default organisation, project and environments, created on first start.
+    pub async fn bootstrap(&self, org_title: &str, project_name: &str) -> Result<crate::Tenancy> {
+        let (org_title, project_name) = (org_title.to_string(), project_name.to_string());
+        self.call(move |txn| crate::tenancy::bootstrap(txn, &org_title, &project_name)).await
+    }
+
+    pub async fn find_project_by_ref(&self, external_ref: &str) -> Result<Option<Project>> {
+        let external_ref = external_ref.to_string();
+        self.call(move |txn| Ok(txn.tx.find_project_by_ref(&external_ref)?)).await
+    }
+
+    pub async fn get_project(&self, id: &str) -> Result<Option<Project>> {
+        let id = id.to_string();
+        self.call(move |txn| Ok(txn.tx.get_project(&id)?)).await
+    }
+
+    pub async fn list_organizations(&self) -> Result<Vec<Organization>> {
+        self.call(|txn| Ok(txn.tx.list_organizations()?)).await
+    }
+
+    /// Creates a key; the returned string is its only plain-text copy.
+    pub async fn create_api_key(&self, kind: ApiKeyKind, env_id: Option<&str>, name: &str) -> Result<(ApiKey, String)> {
+        let (env_id, name) = (env_id.map(str::to_string), name.to_string());
+        self.call(move |txn| crate::tenancy::create_api_key(txn, kind, env_id.as_deref(), &name)).await
+    }
+
+    /// The live key matching a plain-text key, with its environment for secret keys.
+    pub async fn authenticate(&self, plain: &str) -> Result<Option<(ApiKey, Option<Environment>)>> {
+        let plain = plain.to_string();
+        self.call(move |txn| crate::tenancy::authenticate(txn, &plain)).await
+    }
+
+    pub async fn list_api_keys(&self, env_id: Option<&str>) -> Result<Vec<ApiKey>> {
+        let env_id = env_id.map(str::to_string);
+        self.call(move |txn| Ok(txn.tx.list_api_keys(env_id.as_deref())?)).await
+    }
+
+    pub async fn revoke_api_key(&self, id: &str) -> Result<ApiKey> {
+        let id = id.to_string();
+        self.call(move |txn| crate::tenancy::revoke_api_key(txn, &id)).await
+    }
+
     // Environments and registry.
 
     /// Creates an environment of a project.

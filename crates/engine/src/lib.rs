@@ -59,6 +59,7 @@ pub mod lifecycle;
 pub mod model;
 mod runtime;
 pub mod storage;
+pub mod tenancy;
 pub mod txn;
 
 #[cfg(feature = "conformance")]
@@ -77,6 +78,7 @@ pub use lifecycle::registry::{QueueManifest, TaskManifest, WorkerManifest};
 pub use lifecycle::trigger::{TriggerOptions, TriggerRequest, Triggered};
 pub use lifecycle::wait::{iso8601, TokenOptions};
 pub use model::*;
+pub use tenancy::Tenancy;
 pub use txn::RunChange;
 pub use trigger_types::{
     AttemptStatus, BatchStatus, ExecutionStatus, InternalErrorCode, MachinePreset, Millis, RetryOptions, RunStatus,

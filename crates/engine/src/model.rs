@@ -468,3 +468,54 @@ pub struct WaitpointFilter {
     pub created_from: Option<Millis>,
     pub created_to: Option<Millis>,
 }
+
+/// An organisation: the top of the tenancy tree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Organization {
+    /// `org_…`
+    pub id: String,
+    pub slug: String,
+    pub title: String,
+    pub created_at: Millis,
+}
+
+/// A project of an organisation; its environments are separate worlds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Project {
+    /// Internal id.
+    pub id: String,
+    /// `proj_` + 20 lowercase letters: the ref the CLI and URLs use.
+    pub external_ref: String,
+    pub org_id: String,
+    pub slug: String,
+    pub name: String,
+    pub created_at: Millis,
+}
+
+/// What a key grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiKeyKind {
+    /// `tr_<env>_…`: full access to one environment.
+    Secret,
+    /// `tr_pat_…`: a personal access token for the CLI, across projects.
+    PersonalAccessToken,
+    /// A dashboard login token.
+    Dashboard,
+}
+
+/// A credential, stored as a SHA-256 hash of the key; the key itself is shown once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: String,
+    pub kind: ApiKeyKind,
+    /// The environment a secret key belongs to.
+    pub env_id: Option<String>,
+    /// Hex SHA-256 of the key.
+    pub key_hash: String,
+    /// The first characters of the key, to tell keys apart in lists.
+    pub display_prefix: String,
+    pub name: String,
+    pub created_at: Millis,
+    pub revoked_at: Option<Millis>,
+}

@@ -64,6 +64,26 @@ pub trait Tx {
     /// Undoes every write since the savepoint and forgets it.
     fn rollback_to_savepoint(&mut self) -> StorageResult<()>;
 
+    // Tenancy: organisations, projects and credentials.
+
+    fn insert_organization(&mut self, org: &Organization) -> StorageResult<()>;
+    /// Organisations, oldest first.
+    fn list_organizations(&mut self) -> StorageResult<Vec<Organization>>;
+    /// `UniqueViolation` when the `external_ref` is taken.
+    fn insert_project(&mut self, project: &Project) -> StorageResult<()>;
+    fn get_project(&mut self, id: &str) -> StorageResult<Option<Project>>;
+    fn find_project_by_ref(&mut self, external_ref: &str) -> StorageResult<Option<Project>>;
+    /// Projects of an organisation, oldest first.
+    fn list_projects(&mut self, org_id: &str) -> StorageResult<Vec<Project>>;
+    /// `UniqueViolation` when the hash is taken.
+    fn insert_api_key(&mut self, key: &ApiKey) -> StorageResult<()>;
+    fn find_api_key_by_hash(&mut self, key_hash: &str) -> StorageResult<Option<ApiKey>>;
+    fn get_api_key(&mut self, id: &str) -> StorageResult<Option<ApiKey>>;
+    fn update_api_key(&mut self, key: &ApiKey) -> StorageResult<()>;
+    /// Keys of one environment (`Some`) or keys bound to none (`None`: tokens), oldest first,
+    /// revoked ones included.
+    fn list_api_keys(&mut self, env_id: Option<&str>) -> StorageResult<Vec<ApiKey>>;
+
     // Environments, worker versions, tasks and queues.
 
     fn insert_environment(&mut self, env: &Environment) -> StorageResult<()>;

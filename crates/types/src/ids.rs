@@ -99,3 +99,16 @@ mod tests {
         assert!(!has_prefix("runx", RUN));
     }
 }
+
+/// Hex SHA-256 of a secret, the form in which keys are stored.
+pub fn sha256_hex(input: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(input.as_bytes()))
+}
+
+/// `proj_` + 20 lowercase letters.
+pub fn project_ref() -> String {
+    let mut rng = rand::thread_rng();
+    let letters: String = (0..20).map(|_| (b'a' + (rng.next_u32() % 26) as u8) as char).collect();
+    format!("proj_{letters}")
+}
