@@ -305,6 +305,12 @@ pub(crate) fn heartbeat(txn: &mut Txn<'_>, env_id: &str, run_id: &str, snapshot_
     txn.arm_heartbeat(&run)
 }
 
+/// A stalled run is retried (if its policy allows) after a short, fixed delay.
+fn stall_retry(txn: &Txn<'_>) -> RetryProposal {
+    let delay_ms = txn.config.stall_retry_delay_ms;
+    RetryProposal { at: txn.now + delay_ms as i64, delay_ms }
+}
+
 /// A lease ran out: the worker holding the snapshot is presumed gone.
 pub(crate) fn stalled(txn: &mut Txn<'_>, run_id: &str, snapshot_id: &str) -> Result<()> {
     let Some(mut run) = txn.tx.lock_run(run_id)? else { return Ok(()) };
@@ -335,7 +341,7 @@ pub(crate) fn stalled(txn: &mut Txn<'_>, run_id: &str, snapshot_id: &str) -> Res
                 InternalErrorCode::TaskRunStalledExecuting,
                 "the worker stopped sending heartbeats while the run was executing",
             );
-            fail_attempt(txn, &mut run, error, None, false, true).map(|_| ())
+            fail_attempt(txn, &mut run, error, Some(stall_retry(txn)), false, true).map(|_| ())
         }
         ExecutionStatus::ExecutingWithWaitpoints | ExecutionStatus::QueuedExecuting => {
             let error = TaskRunError::internal(
@@ -345,7 +351,7 @@ pub(crate) fn stalled(txn: &mut Txn<'_>, run_id: &str, snapshot_id: &str) -> Res
             if run.execution_status == ExecutionStatus::QueuedExecuting {
                 txn.tx.dequeue_entry(&run.id)?;
             }
-            fail_attempt(txn, &mut run, error, None, false, true).map(|_| ())
+            fail_attempt(txn, &mut run, error, Some(stall_retry(txn)), false, true).map(|_| ())
         }
         ExecutionStatus::PendingCancel => {
             let error = run.error.clone().unwrap_or_else(|| TaskRunError::string("Canceled by user"));
