@@ -26,8 +26,8 @@ use std::sync::{Barrier, Mutex};
 
 use serde_json::json;
 use trigger_types::{
-    BatchStatus, ExecutionStatus, InternalErrorCode, MachinePreset, Millis, RetryOptions,
-    RunStatus, TaskRunError, WaitpointStatus, WaitpointType,
+    BatchStatus, ExecutionStatus, InternalErrorCode, MachinePreset, Millis, RetryOptions, RunStatus,
+    TaskRunError, WaitpointStatus, WaitpointType,
 };
 
 use crate::model::*;
@@ -83,18 +83,10 @@ fn counts(tx: &mut (dyn Tx + '_), env_id: &str, queue: &str, ck: &str) -> (u32, 
     match ok(tx.get_subqueue(env_id, queue, ck)) {
         Some(sq) => {
             assert_eq!(
-                (
-                    sq.env_id.as_str(),
-                    sq.queue.as_str(),
-                    sq.concurrency_key.as_str()
-                ),
+                (sq.env_id.as_str(), sq.queue.as_str(), sq.concurrency_key.as_str()),
                 (env_id, queue, ck)
             );
-            assert_eq!(
-                sq.head_score.is_some(),
-                sq.ready_count > 0,
-                "head_score iff ready: {sq:?}"
-            );
+            assert_eq!(sq.head_score.is_some(), sq.ready_count > 0, "head_score iff ready: {sq:?}");
             (sq.ready_count, sq.running)
         }
         None => (0, 0),
@@ -329,12 +321,7 @@ fn entry(run_id: &str, env_id: &str, queue: &str, ck: &str, score: i64) -> Ready
 }
 
 fn holder(run_id: &str, env_id: &str, queue: &str, ck: &str) -> Holder {
-    Holder {
-        run_id: run_id.into(),
-        env_id: env_id.into(),
-        queue: queue.into(),
-        concurrency_key: ck.into(),
-    }
+    Holder { run_id: run_id.into(), env_id: env_id.into(), queue: queue.into(), concurrency_key: ck.into() }
 }
 
 fn timer(key: &str, kind: TimerKind, fire_at: Millis) -> Timer {
@@ -379,11 +366,7 @@ pub fn tenancy<S: Store>(mut store: S) {
     let (o1, o2) = (org("org_1", 10), org("org_2", 20));
     ok(tx.insert_organization(&o2));
     ok(tx.insert_organization(&o1));
-    assert_eq!(
-        ok(tx.list_organizations()),
-        vec![o1.clone(), o2.clone()],
-        "oldest first"
-    );
+    assert_eq!(ok(tx.list_organizations()), vec![o1.clone(), o2.clone()], "oldest first");
 
     let project = |id: &str, org_id: &str, created_at: Millis| Project {
         id: id.into(),
@@ -393,11 +376,7 @@ pub fn tenancy<S: Store>(mut store: S) {
         name: format!("Project {id}"),
         created_at,
     };
-    let (p1, p2, p3) = (
-        project("p1", "org_1", 1),
-        project("p2", "org_1", 2),
-        project("p3", "org_2", 0),
-    );
+    let (p1, p2, p3) = (project("p1", "org_1", 1), project("p2", "org_1", 2), project("p3", "org_2", 0));
     for p in [&p2, &p3, &p1] {
         ok(tx.insert_project(p));
     }
@@ -405,17 +384,10 @@ pub fn tenancy<S: Store>(mut store: S) {
     assert_eq!(ok(tx.get_project("p_missing")), None);
     assert_eq!(ok(tx.find_project_by_ref("proj_p2")), Some(p2.clone()));
     assert_eq!(ok(tx.find_project_by_ref("proj_missing")), None);
-    assert_eq!(
-        ok(tx.list_projects("org_1")),
-        vec![p1.clone(), p2.clone()],
-        "oldest first"
-    );
+    assert_eq!(ok(tx.list_projects("org_1")), vec![p1.clone(), p2.clone()], "oldest first");
     assert_eq!(ok(tx.list_projects("org_2")), vec![p3]);
     assert!(ok(tx.list_projects("org_none")).is_empty());
-    let dup = Project {
-        id: "p4".into(),
-        ..p1.clone()
-    };
+    let dup = Project { id: "p4".into(), ..p1.clone() };
     expect_unique(&mut *tx, |tx| tx.insert_project(&dup));
     assert_eq!(ok(tx.get_project("p4")), None);
 
@@ -429,10 +401,7 @@ pub fn tenancy<S: Store>(mut store: S) {
         created_at,
         revoked_at: Some(created_at + 100),
     };
-    let k1 = ApiKey {
-        revoked_at: None,
-        ..key("k1", ApiKeyKind::Secret, Some("env_1"), 1)
-    };
+    let k1 = ApiKey { revoked_at: None, ..key("k1", ApiKeyKind::Secret, Some("env_1"), 1) };
     let k2 = key("k2", ApiKeyKind::Secret, Some("env_1"), 2);
     let k3 = key("k3", ApiKeyKind::PersonalAccessToken, None, 3);
     let k4 = key("k4", ApiKeyKind::Dashboard, None, 0);
@@ -444,29 +413,14 @@ pub fn tenancy<S: Store>(mut store: S) {
     assert_eq!(ok(tx.get_api_key("k_missing")), None);
     assert_eq!(ok(tx.find_api_key_by_hash("hash-k3")), Some(k3.clone()));
     assert_eq!(ok(tx.find_api_key_by_hash("hash-missing")), None);
-    let dup = ApiKey {
-        id: "k6".into(),
-        ..k2.clone()
-    };
+    let dup = ApiKey { id: "k6".into(), ..k2.clone() };
     expect_unique(&mut *tx, |tx| tx.insert_api_key(&dup));
-    let k1b = ApiKey {
-        revoked_at: Some(50),
-        name: "renamed".into(),
-        ..k1.clone()
-    };
+    let k1b = ApiKey { revoked_at: Some(50), name: "renamed".into(), ..k1.clone() };
     ok(tx.update_api_key(&k1b));
     assert_eq!(ok(tx.get_api_key("k1")), Some(k1b.clone()));
     assert_eq!(ok(tx.find_api_key_by_hash("hash-k1")), Some(k1b.clone()));
-    assert_eq!(
-        ok(tx.list_api_keys(Some("env_1"))),
-        vec![k1b, k2],
-        "oldest first, revoked included"
-    );
-    assert_eq!(
-        ok(tx.list_api_keys(None)),
-        vec![k4, k3],
-        "keys bound to no environment"
-    );
+    assert_eq!(ok(tx.list_api_keys(Some("env_1"))), vec![k1b, k2], "oldest first, revoked included");
+    assert_eq!(ok(tx.list_api_keys(None)), vec![k4, k3], "keys bound to no environment");
     assert!(ok(tx.list_api_keys(Some("env_none"))).is_empty());
     ok(tx.commit());
 
@@ -487,11 +441,7 @@ pub fn environments_workers_tasks_queues<S: Store>(mut store: S) {
     }
     assert_eq!(ok(tx.get_environment("env_a")), Some(env_a.clone()));
     assert_eq!(ok(tx.get_environment("env_missing")), None);
-    assert_eq!(
-        ok(tx.list_environments("proj_1")),
-        vec![env_a.clone(), env_b.clone()],
-        "oldest first"
-    );
+    assert_eq!(ok(tx.list_environments("proj_1")), vec![env_a.clone(), env_b.clone()], "oldest first");
     assert_eq!(ok(tx.list_environments("proj_2")), vec![env_c.clone()]);
     assert!(ok(tx.list_environments("proj_none")).is_empty());
     let env_a2 = Environment {
@@ -517,20 +467,10 @@ pub fn environments_workers_tasks_queues<S: Store>(mut store: S) {
     assert_eq!(ok(tx.latest_worker("env_a")), Some(w2.clone()));
     assert_eq!(ok(tx.latest_worker("env_b")), Some(w3.clone()));
     assert_eq!(ok(tx.latest_worker("env_c")), None);
-    assert_eq!(
-        ok(tx.find_worker_by_version("env_a", "20250101.1")),
-        Some(w1.clone())
-    );
-    assert_eq!(
-        ok(tx.find_worker_by_version("env_b", "20250101.1")),
-        Some(w3.clone())
-    );
+    assert_eq!(ok(tx.find_worker_by_version("env_a", "20250101.1")), Some(w1.clone()));
+    assert_eq!(ok(tx.find_worker_by_version("env_b", "20250101.1")), Some(w3.clone()));
     assert_eq!(ok(tx.find_worker_by_version("env_b", "20250101.2")), None);
-    assert_eq!(
-        ok(tx.list_workers("env_a", 10)),
-        vec![w2.clone(), w1.clone()],
-        "newest first"
-    );
+    assert_eq!(ok(tx.list_workers("env_a", 10)), vec![w2.clone(), w1.clone()], "newest first");
     assert_eq!(ok(tx.list_workers("env_a", 1)), vec![w2.clone()]);
     assert!(ok(tx.list_workers("env_c", 10)).is_empty());
 
@@ -541,20 +481,10 @@ pub fn environments_workers_tasks_queues<S: Store>(mut store: S) {
     for t in [&t_b, &t_a, &t_other] {
         ok(tx.upsert_task(t));
     }
-    assert_eq!(
-        ok(tx.get_task("env_a", "worker_1", "a-task")),
-        Some(t_a.clone())
-    );
-    assert_eq!(
-        ok(tx.get_task("env_a", "worker_2", "a-task")),
-        Some(t_other.clone())
-    );
+    assert_eq!(ok(tx.get_task("env_a", "worker_1", "a-task")), Some(t_a.clone()));
+    assert_eq!(ok(tx.get_task("env_a", "worker_2", "a-task")), Some(t_other.clone()));
     assert_eq!(ok(tx.get_task("env_a", "worker_1", "c-task")), None);
-    assert_eq!(
-        ok(tx.list_tasks("env_a", "worker_1")),
-        vec![t_a.clone(), t_b.clone()],
-        "by slug"
-    );
+    assert_eq!(ok(tx.list_tasks("env_a", "worker_1")), vec![t_a.clone(), t_b.clone()], "by slug");
     let t_a2 = TaskDef {
         description: None,
         machine: Some(MachinePreset::Micro),
@@ -563,10 +493,7 @@ pub fn environments_workers_tasks_queues<S: Store>(mut store: S) {
         ..t_a.clone()
     };
     ok(tx.upsert_task(&t_a2));
-    assert_eq!(
-        ok(tx.get_task("env_a", "worker_1", "a-task")),
-        Some(t_a2.clone())
-    );
+    assert_eq!(ok(tx.get_task("env_a", "worker_1", "a-task")), Some(t_a2.clone()));
     assert_eq!(ok(tx.list_tasks("env_a", "worker_1")), vec![t_a2, t_b]);
 
     // Queue definitions.
@@ -577,17 +504,8 @@ pub fn environments_workers_tasks_queues<S: Store>(mut store: S) {
     ok(tx.upsert_queue(&queue_def("env_b", "alpha", Some(1))));
     assert_eq!(ok(tx.get_queue("env_a", "task/b-task")), Some(q_b.clone()));
     assert_eq!(ok(tx.get_queue("env_a", "missing")), None);
-    assert_eq!(
-        ok(tx.list_queues("env_a")),
-        vec![q_a.clone(), q_b.clone()],
-        "by name"
-    );
-    let q_a2 = QueueDef {
-        concurrency_limit: Some(9),
-        paused: true,
-        updated_at: 99,
-        ..q_a
-    };
+    assert_eq!(ok(tx.list_queues("env_a")), vec![q_a.clone(), q_b.clone()], "by name");
+    let q_a2 = QueueDef { concurrency_limit: Some(9), paused: true, updated_at: 99, ..q_a };
     ok(tx.upsert_queue(&q_a2));
     assert_eq!(ok(tx.get_queue("env_a", "alpha")), Some(q_a2.clone()));
     assert_eq!(ok(tx.list_queues("env_a")), vec![q_a2, q_b]);
@@ -603,10 +521,7 @@ pub fn runs<S: Store>(mut store: S) {
     ok(tx.insert_environment(&environment("env_r", "proj", 1)));
     ok(tx.insert_worker(&worker("worker_r", "env_r", "20250202.1", 1)));
 
-    let r1 = Run {
-        idempotency_key: Some("k1".into()),
-        ..sample_run("run_001", "env_r", "task-a", 1_000)
-    };
+    let r1 = Run { idempotency_key: Some("k1".into()), ..sample_run("run_001", "env_r", "task-a", 1_000) };
     let p1 = payload(1);
     ok(tx.insert_run(&r1, &p1));
     assert_eq!(ok(tx.get_run("run_001")), Some(r1.clone()));
@@ -615,33 +530,15 @@ pub fn runs<S: Store>(mut store: S) {
     assert_eq!(ok(tx.lock_run("run_missing")), None);
     assert_eq!(ok(tx.get_payload("run_001")), Some(p1.clone()));
     assert_eq!(ok(tx.get_payload("run_missing")), None);
-    assert_eq!(
-        ok(tx.get_output("run_001")),
-        None,
-        "no output before set_output"
-    );
+    assert_eq!(ok(tx.get_output("run_001")), None, "no output before set_output");
 
-    let out1 = Packet {
-        data: Some("\"done\"".into()),
-        data_type: "application/json".into(),
-    };
+    let out1 = Packet { data: Some("\"done\"".into()), data_type: "application/json".into() };
     ok(tx.set_output("run_001", &out1));
     assert_eq!(ok(tx.get_output("run_001")), Some(out1));
-    let out2 = Packet {
-        data: None,
-        data_type: "application/store".into(),
-    };
+    let out2 = Packet { data: None, data_type: "application/store".into() };
     ok(tx.set_output("run_001", &out2));
-    assert_eq!(
-        ok(tx.get_output("run_001")),
-        Some(out2.clone()),
-        "set_output replaces"
-    );
-    assert_eq!(
-        ok(tx.get_payload("run_001")),
-        Some(p1.clone()),
-        "payload untouched by output"
-    );
+    assert_eq!(ok(tx.get_output("run_001")), Some(out2.clone()), "set_output replaces");
+    assert_eq!(ok(tx.get_payload("run_001")), Some(p1.clone()), "payload untouched by output");
 
     // update_run writes every field and leaves payload and output alone.
     let r1b = Run {
@@ -667,108 +564,48 @@ pub fn runs<S: Store>(mut store: S) {
     assert_eq!(ok(tx.get_output("run_001")), Some(out2));
 
     // A payload without data round-trips too.
-    let empty = Packet {
-        data: None,
-        data_type: "application/json".into(),
-    };
+    let empty = Packet { data: None, data_type: "application/json".into() };
     let r_empty = sample_run("run_002", "env_r", "task-a", 1_100);
     ok(tx.insert_run(&r_empty, &empty));
     assert_eq!(ok(tx.get_payload("run_002")), Some(empty));
 
     // Idempotency keys are unique per (env, task); NULL keys never collide.
-    let dup = Run {
-        idempotency_key: Some("k1".into()),
-        ..sample_run("run_003", "env_r", "task-a", 1_200)
-    };
+    let dup = Run { idempotency_key: Some("k1".into()), ..sample_run("run_003", "env_r", "task-a", 1_200) };
     expect_unique(&mut *tx, |tx| tx.insert_run(&dup, &payload(3)));
-    assert_eq!(
-        ok(tx.get_run("run_003")),
-        None,
-        "failed insert left nothing"
-    );
+    assert_eq!(ok(tx.get_run("run_003")), None, "failed insert left nothing");
     assert_eq!(ok(tx.get_payload("run_003")), None);
-    assert_eq!(
-        ok(tx.get_run("run_001")),
-        Some(r1b.clone()),
-        "earlier writes survive the failure"
-    );
-    let other_task = Run {
-        idempotency_key: Some("k1".into()),
-        ..sample_run("run_004", "env_r", "task-b", 1_300)
-    };
+    assert_eq!(ok(tx.get_run("run_001")), Some(r1b.clone()), "earlier writes survive the failure");
+    let other_task =
+        Run { idempotency_key: Some("k1".into()), ..sample_run("run_004", "env_r", "task-b", 1_300) };
     ok(tx.insert_run(&other_task, &payload(4)));
-    let other_env = Run {
-        idempotency_key: Some("k1".into()),
-        ..sample_run("run_005", "env_r2", "task-a", 1_400)
-    };
+    let other_env =
+        Run { idempotency_key: Some("k1".into()), ..sample_run("run_005", "env_r2", "task-a", 1_400) };
     ok(tx.insert_run(&other_env, &payload(5)));
     for id in ["run_006", "run_007"] {
         ok(tx.insert_run(
-            &Run {
-                idempotency_key: None,
-                ..sample_run(id, "env_r", "task-a", 1_500)
-            },
+            &Run { idempotency_key: None, ..sample_run(id, "env_r", "task-a", 1_500) },
             &payload(6),
         ));
     }
-    assert_eq!(
-        ok(tx.find_run_by_idempotency_key("env_r", "task-a", "k1")),
-        Some(r1b.clone())
-    );
-    assert_eq!(
-        ok(tx.find_run_by_idempotency_key("env_r", "task-b", "k1")),
-        Some(other_task.clone())
-    );
-    assert_eq!(
-        ok(tx.find_run_by_idempotency_key("env_r2", "task-a", "k1")),
-        Some(other_env)
-    );
-    assert_eq!(
-        ok(tx.find_run_by_idempotency_key("env_r", "task-a", "nope")),
-        None
-    );
+    assert_eq!(ok(tx.find_run_by_idempotency_key("env_r", "task-a", "k1")), Some(r1b.clone()));
+    assert_eq!(ok(tx.find_run_by_idempotency_key("env_r", "task-b", "k1")), Some(other_task.clone()));
+    assert_eq!(ok(tx.find_run_by_idempotency_key("env_r2", "task-a", "k1")), Some(other_env));
+    assert_eq!(ok(tx.find_run_by_idempotency_key("env_r", "task-a", "nope")), None);
     // Clearing a key frees it; update_run into a taken key is a unique violation too.
-    let taken = Run {
-        idempotency_key: Some("k1".into()),
-        ..other_task.clone()
-    };
-    let taken = Run {
-        task: "task-a".into(),
-        ..taken
-    };
+    let taken = Run { idempotency_key: Some("k1".into()), ..other_task.clone() };
+    let taken = Run { task: "task-a".into(), ..taken };
     expect_unique(&mut *tx, |tx| tx.update_run(&taken));
-    let r1c = Run {
-        idempotency_key: None,
-        ..r1b
-    };
+    let r1c = Run { idempotency_key: None, ..r1b };
     ok(tx.update_run(&r1c));
-    assert_eq!(
-        ok(tx.find_run_by_idempotency_key("env_r", "task-a", "k1")),
-        None
-    );
-    let reuse = Run {
-        idempotency_key: Some("k1".into()),
-        ..sample_run("run_008", "env_r", "task-a", 1_600)
-    };
+    assert_eq!(ok(tx.find_run_by_idempotency_key("env_r", "task-a", "k1")), None);
+    let reuse = Run { idempotency_key: Some("k1".into()), ..sample_run("run_008", "env_r", "task-a", 1_600) };
     ok(tx.insert_run(&reuse, &payload(8)));
-    assert_eq!(
-        ok(tx.find_run_by_idempotency_key("env_r", "task-a", "k1")),
-        Some(reuse)
-    );
+    assert_eq!(ok(tx.find_run_by_idempotency_key("env_r", "task-a", "k1")), Some(reuse));
 
     // Children, oldest first.
-    let c2 = Run {
-        parent_run_id: Some("run_p".into()),
-        ..sample_run("run_102", "env_r", "child", 2_000)
-    };
-    let c1 = Run {
-        parent_run_id: Some("run_p".into()),
-        ..sample_run("run_101", "env_r", "child", 1_000)
-    };
-    let c3 = Run {
-        parent_run_id: Some("run_q".into()),
-        ..sample_run("run_103", "env_r", "child", 500)
-    };
+    let c2 = Run { parent_run_id: Some("run_p".into()), ..sample_run("run_102", "env_r", "child", 2_000) };
+    let c1 = Run { parent_run_id: Some("run_p".into()), ..sample_run("run_101", "env_r", "child", 1_000) };
+    let c3 = Run { parent_run_id: Some("run_q".into()), ..sample_run("run_103", "env_r", "child", 500) };
     for c in [&c2, &c1, &c3] {
         ok(tx.insert_run(c, &payload(0)));
     }
@@ -776,37 +613,16 @@ pub fn runs<S: Store>(mut store: S) {
     assert!(ok(tx.list_children("run_none")).is_empty());
 
     // Runs in a status, oldest first.
-    let pv2 = Run {
-        status: RunStatus::PendingVersion,
-        ..sample_run("run_202", "env_pv", "t", 10)
-    };
-    let pv1 = Run {
-        status: RunStatus::PendingVersion,
-        ..sample_run("run_201", "env_pv", "t", 5)
-    };
-    let pv3 = Run {
-        status: RunStatus::PendingVersion,
-        ..sample_run("run_203", "env_other", "t", 1)
-    };
-    let q = Run {
-        status: RunStatus::Queued,
-        ..sample_run("run_204", "env_pv", "t", 1)
-    };
+    let pv2 = Run { status: RunStatus::PendingVersion, ..sample_run("run_202", "env_pv", "t", 10) };
+    let pv1 = Run { status: RunStatus::PendingVersion, ..sample_run("run_201", "env_pv", "t", 5) };
+    let pv3 = Run { status: RunStatus::PendingVersion, ..sample_run("run_203", "env_other", "t", 1) };
+    let q = Run { status: RunStatus::Queued, ..sample_run("run_204", "env_pv", "t", 1) };
     for r in [&pv2, &pv1, &pv3, &q] {
         ok(tx.insert_run(r, &payload(0)));
     }
-    assert_eq!(
-        ok(tx.list_runs_in_status("env_pv", RunStatus::PendingVersion, 10)),
-        vec![pv1.clone(), pv2]
-    );
-    assert_eq!(
-        ok(tx.list_runs_in_status("env_pv", RunStatus::PendingVersion, 1)),
-        vec![pv1]
-    );
-    assert_eq!(
-        ok(tx.list_runs_in_status("env_pv", RunStatus::Queued, 10)),
-        vec![q]
-    );
+    assert_eq!(ok(tx.list_runs_in_status("env_pv", RunStatus::PendingVersion, 10)), vec![pv1.clone(), pv2]);
+    assert_eq!(ok(tx.list_runs_in_status("env_pv", RunStatus::PendingVersion, 1)), vec![pv1]);
+    assert_eq!(ok(tx.list_runs_in_status("env_pv", RunStatus::Queued, 10)), vec![q]);
     assert!(ok(tx.list_runs_in_status("env_pv", RunStatus::Failed, 10)).is_empty());
     ok(tx.commit());
 
@@ -823,12 +639,7 @@ pub fn list_runs<S: Store>(mut store: S) {
     ok(tx.insert_worker(&worker("worker_v1", ENV, "v1", 1)));
     ok(tx.insert_worker(&worker("worker_v2", ENV, "v2", 2)));
 
-    let statuses = [
-        RunStatus::Queued,
-        RunStatus::Executing,
-        RunStatus::Completed,
-        RunStatus::Failed,
-    ];
+    let statuses = [RunStatus::Queued, RunStatus::Executing, RunStatus::Completed, RunStatus::Failed];
     let mut runs: Vec<Run> = (1..=12u32)
         .map(|n| {
             let task = if n % 3 == 0 {
@@ -846,11 +657,7 @@ pub fn list_runs<S: Store>(mut store: S) {
                 2 => strings(&["t2"]),
                 _ => strings(&["t1", "t3"]),
             };
-            r.queue = if n <= 6 {
-                "q-low".into()
-            } else {
-                "q-high".into()
-            };
+            r.queue = if n <= 6 { "q-low".into() } else { "q-high".into() };
             r.worker_id = match n % 3 {
                 0 => Some("worker_v1".into()),
                 1 => Some("worker_v2".into()),
@@ -887,164 +694,69 @@ pub fn list_runs<S: Store>(mut store: S) {
         match r.worker_id.as_deref() {
             Some("worker_v1") => Some("v1"),
             Some("worker_v2") => Some("v2"),
-            _ => r
-                .lock_to_version
-                .as_deref()
-                .map(|v| if v == "v1" { "v1" } else { "v2" }),
+            _ => r.lock_to_version.as_deref().map(|v| if v == "v1" { "v1" } else { "v2" }),
         }
     };
-    let all = Page {
-        size: 100,
-        ..Page::default()
+    let all = Page { size: 100, ..Page::default() };
+    let base = RunFilter { env_id: ENV.into(), ..RunFilter::default() };
+    let check = |tx: &mut (dyn Tx + '_), what: &str, filter: RunFilter, pred: &dyn Fn(&Run) -> bool| {
+        let mut expected: Vec<String> = runs.iter().filter(|r| pred(r)).map(|r| r.id.clone()).collect();
+        expected.reverse();
+        let got = ok(tx.list_runs(&filter, &all));
+        assert_eq!(ids(&got, |r| &r.id), expected, "list_runs filtered by {what}");
     };
-    let base = RunFilter {
-        env_id: ENV.into(),
-        ..RunFilter::default()
-    };
-    let check =
-        |tx: &mut (dyn Tx + '_), what: &str, filter: RunFilter, pred: &dyn Fn(&Run) -> bool| {
-            let mut expected: Vec<String> = runs
-                .iter()
-                .filter(|r| pred(r))
-                .map(|r| r.id.clone())
-                .collect();
-            expected.reverse();
-            let got = ok(tx.list_runs(&filter, &all));
-            assert_eq!(
-                ids(&got, |r| &r.id),
-                expected,
-                "list_runs filtered by {what}"
-            );
-        };
 
     check(&mut *tx, "env only", base.clone(), &|_| true);
     check(
         &mut *tx,
         "statuses",
-        RunFilter {
-            statuses: vec![RunStatus::Queued, RunStatus::Failed],
-            ..base.clone()
-        },
+        RunFilter { statuses: vec![RunStatus::Queued, RunStatus::Failed], ..base.clone() },
         &|r| matches!(r.status, RunStatus::Queued | RunStatus::Failed),
     );
-    check(
-        &mut *tx,
-        "tasks",
-        RunFilter {
-            tasks: strings(&["task-a", "task-c"]),
-            ..base.clone()
-        },
-        &|r| r.task != "task-b",
-    );
-    check(
-        &mut *tx,
-        "tags (any of)",
-        RunFilter {
-            tags: strings(&["t1", "t4"]),
-            ..base.clone()
-        },
-        &|r| r.tags.iter().any(|t| t == "t1" || t == "t4"),
-    );
+    check(&mut *tx, "tasks", RunFilter { tasks: strings(&["task-a", "task-c"]), ..base.clone() }, &|r| {
+        r.task != "task-b"
+    });
+    check(&mut *tx, "tags (any of)", RunFilter { tags: strings(&["t1", "t4"]), ..base.clone() }, &|r| {
+        r.tags.iter().any(|t| t == "t1" || t == "t4")
+    });
     for tag in ["t1", "t3", "t4"] {
-        check(
-            &mut *tx,
-            tag,
-            RunFilter {
-                tags: strings(&[tag]),
-                ..base.clone()
-            },
-            &|r| r.tags.iter().any(|t| t == tag),
-        );
+        check(&mut *tx, tag, RunFilter { tags: strings(&[tag]), ..base.clone() }, &|r| {
+            r.tags.iter().any(|t| t == tag)
+        });
     }
-    check(
-        &mut *tx,
-        "queues",
-        RunFilter {
-            queues: strings(&["q-high"]),
-            ..base.clone()
-        },
-        &|r| r.queue == "q-high",
-    );
-    check(
-        &mut *tx,
-        "versions v1",
-        RunFilter {
-            versions: strings(&["v1"]),
-            ..base.clone()
-        },
-        &|r| version_of(r) == Some("v1"),
-    );
-    check(
-        &mut *tx,
-        "versions v2",
-        RunFilter {
-            versions: strings(&["v2"]),
-            ..base.clone()
-        },
-        &|r| version_of(r) == Some("v2"),
-    );
+    check(&mut *tx, "queues", RunFilter { queues: strings(&["q-high"]), ..base.clone() }, &|r| {
+        r.queue == "q-high"
+    });
+    check(&mut *tx, "versions v1", RunFilter { versions: strings(&["v1"]), ..base.clone() }, &|r| {
+        version_of(r) == Some("v1")
+    });
+    check(&mut *tx, "versions v2", RunFilter { versions: strings(&["v2"]), ..base.clone() }, &|r| {
+        version_of(r) == Some("v2")
+    });
     check(
         &mut *tx,
         "machines",
-        RunFilter {
-            machines: vec![MachinePreset::Micro, MachinePreset::Large2x],
-            ..base.clone()
-        },
+        RunFilter { machines: vec![MachinePreset::Micro, MachinePreset::Large2x], ..base.clone() },
         &|r| r.machine == Some(MachinePreset::Micro),
     );
-    check(
-        &mut *tx,
-        "batch",
-        RunFilter {
-            batch_id: Some("batch_5".into()),
-            ..base.clone()
-        },
-        &|r| r.batch_id.as_deref() == Some("batch_5"),
-    );
-    check(
-        &mut *tx,
-        "parent",
-        RunFilter {
-            parent_run_id: Some("run_01".into()),
-            ..base.clone()
-        },
-        &|r| r.parent_run_id.as_deref() == Some("run_01"),
-    );
-    check(
-        &mut *tx,
-        "is_test",
-        RunFilter {
-            is_test: Some(true),
-            ..base.clone()
-        },
-        &|r| r.is_test,
-    );
-    check(
-        &mut *tx,
-        "not is_test",
-        RunFilter {
-            is_test: Some(false),
-            ..base.clone()
-        },
-        &|r| !r.is_test,
-    );
+    check(&mut *tx, "batch", RunFilter { batch_id: Some("batch_5".into()), ..base.clone() }, &|r| {
+        r.batch_id.as_deref() == Some("batch_5")
+    });
+    check(&mut *tx, "parent", RunFilter { parent_run_id: Some("run_01".into()), ..base.clone() }, &|r| {
+        r.parent_run_id.as_deref() == Some("run_01")
+    });
+    check(&mut *tx, "is_test", RunFilter { is_test: Some(true), ..base.clone() }, &|r| r.is_test);
+    check(&mut *tx, "not is_test", RunFilter { is_test: Some(false), ..base.clone() }, &|r| !r.is_test);
     check(
         &mut *tx,
         "created range (inclusive)",
-        RunFilter {
-            created_from: Some(3_000),
-            created_to: Some(5_000),
-            ..base.clone()
-        },
+        RunFilter { created_from: Some(3_000), created_to: Some(5_000), ..base.clone() },
         &|r| (3_000..=5_000).contains(&r.created_at),
     );
     check(
         &mut *tx,
         "idempotency key",
-        RunFilter {
-            idempotency_key: Some("key-7".into()),
-            ..base.clone()
-        },
+        RunFilter { idempotency_key: Some("key-7".into()), ..base.clone() },
         &|r| r.id == "run_07",
     );
     check(
@@ -1062,24 +774,10 @@ pub fn list_runs<S: Store>(mut store: S) {
                 && r.queue == "q-low"
         },
     );
-    check(
-        &mut *tx,
-        "no match",
-        RunFilter {
-            tasks: strings(&["nope"]),
-            ..base.clone()
-        },
-        &|_| false,
-    );
+    check(&mut *tx, "no match", RunFilter { tasks: strings(&["nope"]), ..base.clone() }, &|_| false);
 
     // Full rows come back, not just ids.
-    let got = ok(tx.list_runs(
-        &RunFilter {
-            idempotency_key: Some("key-1".into()),
-            ..base.clone()
-        },
-        &all,
-    ));
+    let got = ok(tx.list_runs(&RunFilter { idempotency_key: Some("key-1".into()), ..base.clone() }, &all));
     assert_eq!(got, vec![runs[0].clone()]);
 
     // Cursors: newest first; `after` goes older, `before` goes newer (still newest first).
@@ -1090,61 +788,30 @@ pub fn list_runs<S: Store>(mut store: S) {
     };
     let list = |tx: &mut (dyn Tx + '_), p: Page| ids(&ok(tx.list_runs(&base, &p)), |r| &r.id);
     let want = |ns: &[u32]| ns.iter().map(|n| format!("run_{n:02}")).collect::<Vec<_>>();
-    assert_eq!(
-        list(&mut *tx, page(None, None, 5)),
-        want(&[12, 11, 10, 9, 8])
-    );
-    assert_eq!(
-        list(&mut *tx, page(Some("run_08"), None, 5)),
-        want(&[7, 6, 5, 4, 3])
-    );
+    assert_eq!(list(&mut *tx, page(None, None, 5)), want(&[12, 11, 10, 9, 8]));
+    assert_eq!(list(&mut *tx, page(Some("run_08"), None, 5)), want(&[7, 6, 5, 4, 3]));
     assert_eq!(list(&mut *tx, page(Some("run_03"), None, 5)), want(&[2, 1]));
     assert_eq!(list(&mut *tx, page(Some("run_01"), None, 5)), want(&[]));
-    assert_eq!(
-        list(&mut *tx, page(None, Some("run_03"), 5)),
-        want(&[8, 7, 6, 5, 4])
-    );
-    assert_eq!(
-        list(&mut *tx, page(None, Some("run_10"), 5)),
-        want(&[12, 11])
-    );
+    assert_eq!(list(&mut *tx, page(None, Some("run_03"), 5)), want(&[8, 7, 6, 5, 4]));
+    assert_eq!(list(&mut *tx, page(None, Some("run_10"), 5)), want(&[12, 11]));
     assert_eq!(list(&mut *tx, page(None, Some("run_12"), 5)), want(&[]));
-    assert_eq!(
-        list(&mut *tx, page(None, None, 0)).len(),
-        12,
-        "size 0 means the default (25)"
-    );
+    assert_eq!(list(&mut *tx, page(None, None, 0)).len(), 12, "size 0 means the default (25)");
     // Cursors combine with filters.
-    let tagged = RunFilter {
-        tags: strings(&["t1", "t2"]),
-        ..base.clone()
-    };
+    let tagged = RunFilter { tags: strings(&["t1", "t2"]), ..base.clone() };
     let all_tagged = ids(&ok(tx.list_runs(&tagged, &all)), |r| &r.id);
     let first = ids(&ok(tx.list_runs(&tagged, &page(None, None, 2))), |r| &r.id);
     assert_eq!(first, all_tagged[..2].to_vec());
-    let second = ids(
-        &ok(tx.list_runs(&tagged, &page(Some(&first[1]), None, 2))),
-        |r| &r.id,
-    );
+    let second = ids(&ok(tx.list_runs(&tagged, &page(Some(&first[1]), None, 2))), |r| &r.id);
     assert_eq!(second, all_tagged[2..4].to_vec());
-    let back = ids(
-        &ok(tx.list_runs(&tagged, &page(None, Some(&second[0]), 2))),
-        |r| &r.id,
-    );
+    let back = ids(&ok(tx.list_runs(&tagged, &page(None, Some(&second[0]), 2))), |r| &r.id);
     assert_eq!(back, first);
 
     // The default page size is 25.
     for n in 0..30 {
-        let r = Run {
-            idempotency_key: None,
-            ..sample_run(&format!("run_p{n:02}"), "env_page", "t", n)
-        };
+        let r = Run { idempotency_key: None, ..sample_run(&format!("run_p{n:02}"), "env_page", "t", n) };
         ok(tx.insert_run(&r, &payload(n)));
     }
-    let env_page = RunFilter {
-        env_id: "env_page".into(),
-        ..RunFilter::default()
-    };
+    let env_page = RunFilter { env_id: "env_page".into(), ..RunFilter::default() };
     let got = ok(tx.list_runs(&env_page, &Page::default()));
     assert_eq!(got.len(), 25);
     assert_eq!(got[0].id, "run_p29");
@@ -1167,18 +834,9 @@ pub fn snapshots<S: Store>(mut store: S) {
     }
     assert_eq!(ok(tx.get_snapshot("snapshot_02")), Some(s2.clone()));
     assert_eq!(ok(tx.get_snapshot("snapshot_missing")), None);
-    assert_eq!(
-        ok(tx.list_snapshots("run_s", None)),
-        vec![s1.clone(), s2.clone(), s3.clone()]
-    );
-    assert_eq!(
-        ok(tx.list_snapshots("run_s", Some("snapshot_01"))),
-        vec![s2, s3.clone()]
-    );
-    assert_eq!(
-        ok(tx.list_snapshots("run_s", Some("snapshot_02"))),
-        vec![s3]
-    );
+    assert_eq!(ok(tx.list_snapshots("run_s", None)), vec![s1.clone(), s2.clone(), s3.clone()]);
+    assert_eq!(ok(tx.list_snapshots("run_s", Some("snapshot_01"))), vec![s2, s3.clone()]);
+    assert_eq!(ok(tx.list_snapshots("run_s", Some("snapshot_02"))), vec![s3]);
     assert!(ok(tx.list_snapshots("run_s", Some("snapshot_03"))).is_empty());
     assert_eq!(ok(tx.list_snapshots("run_t", None)), vec![other]);
     assert!(ok(tx.list_snapshots("run_none", None)).is_empty());
@@ -1195,25 +853,14 @@ pub fn transactions<S: Store>(mut store: S) {
     }
     {
         let mut tx = ok(store.begin());
-        assert_eq!(
-            ok(tx.get_environment("env_1")),
-            Some(e("env_1")),
-            "commit persists"
-        );
+        assert_eq!(ok(tx.get_environment("env_1")), Some(e("env_1")), "commit persists");
         ok(tx.insert_environment(&e("env_2")));
         ok(tx.enqueue(&entry("run_dropped", "env_1", "q", "", 1)));
-        assert!(
-            ok(tx.get_environment("env_2")).is_some(),
-            "a transaction sees its own writes"
-        );
+        assert!(ok(tx.get_environment("env_2")).is_some(), "a transaction sees its own writes");
         // Dropped without commit.
     }
     let mut tx = ok(store.begin());
-    assert_eq!(
-        ok(tx.get_environment("env_2")),
-        None,
-        "dropping a transaction rolls it back"
-    );
+    assert_eq!(ok(tx.get_environment("env_2")), None, "dropping a transaction rolls it back");
     assert_eq!(counts(&mut *tx, "env_1", "q", ""), (0, 0));
     assert!(ok(tx.dequeue_entry("run_dropped")).is_none());
 
@@ -1225,30 +872,17 @@ pub fn transactions<S: Store>(mut store: S) {
     ok(tx.enqueue(&entry("run_kept", "env_1", "q", "", 5)));
     ok(tx.savepoint());
     ok(tx.insert_environment(&e("env_4")));
-    ok(tx.update_environment(&Environment {
-        paused: true,
-        ..e("env_1")
-    }));
+    ok(tx.update_environment(&Environment { paused: true, ..e("env_1") }));
     ok(tx.enqueue(&entry("run_undone", "env_1", "q", "", 1)));
     ok(tx.acquire(&holder("run_undone", "env_1", "q", "")));
     ok(tx.set_timer(&timer("timer_undone", TimerKind::Retry, 5)));
     assert_eq!(counts(&mut *tx, "env_1", "q", ""), (2, 1));
     ok(tx.rollback_to_savepoint());
-    assert!(
-        ok(tx.get_environment("env_3")).is_some(),
-        "writes before the savepoint survive"
-    );
+    assert!(ok(tx.get_environment("env_3")).is_some(), "writes before the savepoint survive");
     assert_eq!(ok(tx.get_environment("env_4")), None);
-    assert_eq!(
-        ok(tx.get_environment("env_1")),
-        Some(e("env_1")),
-        "update undone"
-    );
+    assert_eq!(ok(tx.get_environment("env_1")), Some(e("env_1")), "update undone");
     assert_eq!(counts(&mut *tx, "env_1", "q", ""), (1, 0));
-    assert_eq!(
-        ok(tx.get_subqueue("env_1", "q", "")).and_then(|s| s.head_score),
-        Some(5)
-    );
+    assert_eq!(ok(tx.get_subqueue("env_1", "q", "")).and_then(|s| s.head_score), Some(5));
     assert_eq!(ok(tx.env_running("env_1")), 0);
     assert_eq!(ok(tx.get_holder("run_undone")), None);
     assert_eq!(ok(tx.get_timer("timer_undone")), None);
@@ -1271,16 +905,9 @@ pub fn transactions<S: Store>(mut store: S) {
         ("env_5", false),
         ("env_6", true),
     ] {
-        assert_eq!(
-            ok(tx.get_environment(id)).is_some(),
-            present,
-            "{id} after commit"
-        );
+        assert_eq!(ok(tx.get_environment(id)).is_some(), present, "{id} after commit");
     }
-    assert_eq!(
-        ok(tx.peek_subqueue("env_1", "q", "", 10)),
-        vec![entry("run_kept", "env_1", "q", "", 5)]
-    );
+    assert_eq!(ok(tx.peek_subqueue("env_1", "q", "", 10)), vec![entry("run_kept", "env_1", "q", "", 5)]);
     ok(tx.commit());
 }
 
@@ -1319,36 +946,19 @@ pub fn queues_and_concurrency<S: Store>(mut store: S) {
     ok(tx.enqueue(&e3));
     let sq = ok(tx.get_subqueue(ENV, QA, "")).expect("subqueue");
     assert_eq!((sq.ready_count, sq.head_score), (3, Some(50)));
-    assert_eq!(
-        ok(tx.peek_subqueue(ENV, QA, "", 10)),
-        vec![e2.clone(), e3.clone(), e1.clone()]
-    );
-    assert_eq!(
-        ok(tx.peek_subqueue(ENV, QA, "", 2)),
-        vec![e2.clone(), e3.clone()]
-    );
+    assert_eq!(ok(tx.peek_subqueue(ENV, QA, "", 10)), vec![e2.clone(), e3.clone(), e1.clone()]);
+    assert_eq!(ok(tx.peek_subqueue(ENV, QA, "", 2)), vec![e2.clone(), e3.clone()]);
     assert!(ok(tx.peek_subqueue(ENV, QA, "other", 10)).is_empty());
     // Re-enqueueing replaces the entry: a new score moves it and the head.
-    let e1b = ReadyEntry {
-        score: 10,
-        resume: true,
-        ..e1.clone()
-    };
+    let e1b = ReadyEntry { score: 10, resume: true, ..e1.clone() };
     ok(tx.enqueue(&e1b));
     let sq = ok(tx.get_subqueue(ENV, QA, "")).expect("subqueue");
     assert_eq!((sq.ready_count, sq.head_score), (3, Some(10)));
     assert_eq!(ok(tx.peek_subqueue(ENV, QA, "", 1)), vec![e1b.clone()]);
-    let e1c = ReadyEntry {
-        score: 60,
-        ..e1b.clone()
-    };
+    let e1c = ReadyEntry { score: 60, ..e1b.clone() };
     ok(tx.enqueue(&e1c));
     let sq = ok(tx.get_subqueue(ENV, QA, "")).expect("subqueue");
-    assert_eq!(
-        (sq.ready_count, sq.head_score),
-        (3, Some(50)),
-        "head recomputed when the head moves back"
-    );
+    assert_eq!((sq.ready_count, sq.head_score), (3, Some(50)), "head recomputed when the head moves back");
 
     // dequeue_entry returns the entry once and recomputes the head.
     assert_eq!(ok(tx.dequeue_entry("run_2")), Some(e2.clone()));
@@ -1372,16 +982,7 @@ pub fn queues_and_concurrency<S: Store>(mut store: S) {
     let h4 = holder("run_4", ENV, "task/b", "user-1");
     assert!(ok(tx.acquire(&h4)));
     let sq = ok(tx.get_subqueue(ENV, "task/b", "user-1")).expect("created by acquire");
-    assert_eq!(
-        (
-            sq.ready_count,
-            sq.running,
-            sq.limit,
-            sq.paused,
-            sq.head_score
-        ),
-        (0, 1, None, false, None)
-    );
+    assert_eq!((sq.ready_count, sq.running, sq.limit, sq.paused, sq.head_score), (0, 1, None, false, None));
     assert_eq!(ok(tx.env_running(ENV)), 2);
     assert_eq!(ok(tx.env_running("env_other")), 0);
 
@@ -1426,11 +1027,7 @@ pub fn queues_and_concurrency<S: Store>(mut store: S) {
     assert!(listed.iter().all(|s| s.queue == QA && s.env_id == ENV));
 
     // upsert_queue applies its limit and paused flag to existing subqueues.
-    ok(tx.upsert_queue(&QueueDef {
-        concurrency_limit: Some(1),
-        paused: true,
-        ..queue_def(ENV, QA, None)
-    }));
+    ok(tx.upsert_queue(&QueueDef { concurrency_limit: Some(1), paused: true, ..queue_def(ENV, QA, None) }));
     for ck in ["", "y"] {
         let sq = ok(tx.get_subqueue(ENV, QA, ck)).expect("subqueue");
         assert_eq!((sq.limit, sq.paused), (Some(1), true), "subqueue {ck:?}");
@@ -1455,9 +1052,7 @@ pub fn queues_and_concurrency<S: Store>(mut store: S) {
     for ck in ["", "x", "y", "z"] {
         assert_eq!(counts(&mut *tx, ENV, QA, ck), (0, 0), "{ck:?}");
     }
-    assert!(ok(tx.list_subqueues(ENV, QA))
-        .iter()
-        .all(|s| s.ready_count == 0 && s.running == 0));
+    assert!(ok(tx.list_subqueues(ENV, QA)).iter().all(|s| s.ready_count == 0 && s.running == 0));
     ok(tx.commit());
 }
 
@@ -1467,10 +1062,7 @@ pub fn claimable_subqueues<S: Store>(mut store: S) {
     let mut tx = ok(store.begin());
     ok(tx.upsert_queue(&queue_def(ENV, "qa", Some(1))));
     ok(tx.upsert_queue(&queue_def(ENV, "qb", None)));
-    ok(tx.upsert_queue(&QueueDef {
-        paused: true,
-        ..queue_def(ENV, "qc", Some(5))
-    }));
+    ok(tx.upsert_queue(&QueueDef { paused: true, ..queue_def(ENV, "qc", Some(5)) }));
     ok(tx.upsert_queue(&queue_def(ENV, "qd", Some(5))));
     // qa: at its limit of 1.
     ok(tx.enqueue(&entry("run_a1", ENV, "qa", "", 30)));
@@ -1499,16 +1091,9 @@ pub fn claimable_subqueues<S: Store>(mut store: S) {
             })
             .collect()
     };
-    assert_eq!(
-        claimable(&mut *tx, 10, 10),
-        strings(&["qe/k1", "qb/", "qd/"]),
-        "by head score"
-    );
+    assert_eq!(claimable(&mut *tx, 10, 10), strings(&["qe/k1", "qb/", "qd/"]), "by head score");
     assert_eq!(claimable(&mut *tx, 10, 2), strings(&["qe/k1", "qb/"]));
-    assert!(
-        claimable(&mut *tx, 0, 10).is_empty(),
-        "an environment limit of 0 allows nothing"
-    );
+    assert!(claimable(&mut *tx, 0, 10).is_empty(), "an environment limit of 0 allows nothing");
     // The full rows are returned.
     let rows = ok(tx.claimable_subqueues(ENV, 10, 1));
     assert_eq!(
@@ -1529,41 +1114,22 @@ pub fn claimable_subqueues<S: Store>(mut store: S) {
     assert!(ok(tx.acquire(&holder("run_d8", ENV, "qd", ""))));
     assert!(ok(tx.acquire(&holder("run_d9", ENV, "qd", ""))));
     assert_eq!(claimable(&mut *tx, 2, 10), strings(&["qe/k1", "qb/"]));
-    assert_eq!(
-        claimable(&mut *tx, 3, 10),
-        strings(&["qe/k1", "qb/", "qd/"])
-    );
+    assert_eq!(claimable(&mut *tx, 3, 10), strings(&["qe/k1", "qb/", "qd/"]));
     // Raising qa's limit makes it claimable; unpausing qc too.
     ok(tx.upsert_queue(&queue_def(ENV, "qa", Some(2))));
     ok(tx.upsert_queue(&queue_def(ENV, "qc", Some(5))));
-    assert_eq!(
-        claimable(&mut *tx, 10, 10),
-        strings(&["qe/k1", "qc/", "qb/", "qa/", "qd/"])
-    );
+    assert_eq!(claimable(&mut *tx, 10, 10), strings(&["qe/k1", "qc/", "qb/", "qa/", "qd/"]));
     // Pausing a queue takes it out.
-    ok(tx.upsert_queue(&QueueDef {
-        paused: true,
-        ..queue_def(ENV, "qb", None)
-    }));
-    assert_eq!(
-        claimable(&mut *tx, 10, 10),
-        strings(&["qe/k1", "qc/", "qa/", "qd/"])
-    );
+    ok(tx.upsert_queue(&QueueDef { paused: true, ..queue_def(ENV, "qb", None) }));
+    assert_eq!(claimable(&mut *tx, 10, 10), strings(&["qe/k1", "qc/", "qa/", "qd/"]));
     // An emptied subqueue is not claimable; the head follows dequeues.
     assert!(ok(tx.dequeue_entry("run_e1")).is_some());
     assert!(ok(tx.dequeue_entry("run_a1")).is_some());
     let rows = ok(tx.claimable_subqueues(ENV, 10, 10));
-    let heads: Vec<(String, Option<i64>)> = rows
-        .iter()
-        .map(|s| (s.queue.clone(), s.head_score))
-        .collect();
+    let heads: Vec<(String, Option<i64>)> = rows.iter().map(|s| (s.queue.clone(), s.head_score)).collect();
     assert_eq!(
         heads,
-        vec![
-            ("qc".to_string(), Some(10)),
-            ("qa".to_string(), Some(31)),
-            ("qd".to_string(), Some(40))
-        ]
+        vec![("qc".to_string(), Some(10)), ("qa".to_string(), Some(31)), ("qd".to_string(), Some(40))]
     );
     ok(tx.commit());
 }
@@ -1583,12 +1149,7 @@ pub fn timers<S: Store>(mut store: S) {
     assert_eq!(ok(tx.get_timer("missing")), None);
     assert_eq!(ok(tx.next_timer_at()), Some(100));
     // Setting a key again moves the timer (and replaces its fields).
-    let t1b = Timer {
-        fire_at: 250,
-        fence: "snapshot_9".into(),
-        target: "run_1b".into(),
-        ..t1.clone()
-    };
+    let t1b = Timer { fire_at: 250, fence: "snapshot_9".into(), target: "run_1b".into(), ..t1.clone() };
     ok(tx.set_timer(&t1b));
     assert_eq!(ok(tx.get_timer("heartbeat:run_1")), Some(t1b.clone()));
     assert_eq!(ok(tx.next_timer_at()), Some(200));
@@ -1596,39 +1157,22 @@ pub fn timers<S: Store>(mut store: S) {
     ok(tx.clear_timer("missing"));
     assert_eq!(ok(tx.get_timer("retry:run_3")), None);
 
-    assert!(
-        ok(tx.take_due_timers(199, 10)).is_empty(),
-        "nothing due yet"
-    );
-    assert_eq!(
-        ok(tx.take_due_timers(250, 10)),
-        vec![t2.clone(), t1b.clone()],
-        "due ones, earliest first"
-    );
-    assert!(
-        ok(tx.take_due_timers(250, 10)).is_empty(),
-        "each timer is taken once"
-    );
+    assert!(ok(tx.take_due_timers(199, 10)).is_empty(), "nothing due yet");
+    assert_eq!(ok(tx.take_due_timers(250, 10)), vec![t2.clone(), t1b.clone()], "due ones, earliest first");
+    assert!(ok(tx.take_due_timers(250, 10)).is_empty(), "each timer is taken once");
     assert_eq!(ok(tx.get_timer("expire:run_2")), None);
     assert_eq!(ok(tx.next_timer_at()), None);
 
     // `max` limits the batch, earliest first; the rest stay.
-    let batch: Vec<Timer> = (0..5)
-        .map(|i| timer(&format!("k{i}"), TimerKind::EnqueueDelayed, 1_000 - i * 10))
-        .collect();
+    let batch: Vec<Timer> =
+        (0..5).map(|i| timer(&format!("k{i}"), TimerKind::EnqueueDelayed, 1_000 - i * 10)).collect();
     for t in &batch {
         ok(tx.set_timer(t));
     }
     ok(tx.set_timer(&timer("later", TimerKind::TokenTimeout, 5_000)));
-    assert_eq!(
-        ok(tx.take_due_timers(1_000, 2)),
-        vec![batch[4].clone(), batch[3].clone()]
-    );
+    assert_eq!(ok(tx.take_due_timers(1_000, 2)), vec![batch[4].clone(), batch[3].clone()]);
     assert_eq!(ok(tx.next_timer_at()), Some(980));
-    assert_eq!(
-        ok(tx.take_due_timers(1_000, 10)),
-        vec![batch[2].clone(), batch[1].clone(), batch[0].clone()]
-    );
+    assert_eq!(ok(tx.take_due_timers(1_000, 10)), vec![batch[2].clone(), batch[1].clone(), batch[0].clone()]);
     assert_eq!(ok(tx.next_timer_at()), Some(5_000));
     ok(tx.commit());
 
@@ -1644,10 +1188,7 @@ pub fn timers<S: Store>(mut store: S) {
         TimerKind::TokenTimeout,
     ];
     for (i, kind) in kinds.into_iter().enumerate() {
-        let t = Timer {
-            fence: String::new(),
-            ..timer(&format!("kind-{i}"), kind, 10_000 + i as i64)
-        };
+        let t = Timer { fence: String::new(), ..timer(&format!("kind-{i}"), kind, 10_000 + i as i64) };
         ok(tx.set_timer(&t));
         assert_eq!(ok(tx.get_timer(&t.key)), Some(t));
     }
@@ -1658,36 +1199,24 @@ pub fn timers<S: Store>(mut store: S) {
 pub fn waitpoints_and_blocks<S: Store>(mut store: S) {
     const ENV: &str = "env_w";
     let mut tx = ok(store.begin());
-    let w1 = Waitpoint {
-        idempotency_key: Some("tok-1".into()),
-        ..sample_waitpoint("waitpoint_01", ENV, 100)
-    };
+    let w1 =
+        Waitpoint { idempotency_key: Some("tok-1".into()), ..sample_waitpoint("waitpoint_01", ENV, 100) };
     ok(tx.insert_waitpoint(&w1));
     assert_eq!(ok(tx.lock_waitpoint("waitpoint_01")), Some(w1.clone()));
     assert_eq!(ok(tx.lock_waitpoint("waitpoint_missing")), None);
     // Keys are unique per environment; NULL keys never collide.
-    let dup = Waitpoint {
-        idempotency_key: Some("tok-1".into()),
-        ..sample_waitpoint("waitpoint_02", ENV, 101)
-    };
+    let dup =
+        Waitpoint { idempotency_key: Some("tok-1".into()), ..sample_waitpoint("waitpoint_02", ENV, 101) };
     expect_unique(&mut *tx, |tx| tx.insert_waitpoint(&dup));
     assert_eq!(ok(tx.lock_waitpoint("waitpoint_02")), None);
-    let elsewhere = Waitpoint {
-        idempotency_key: Some("tok-1".into()),
-        ..sample_waitpoint("waitpoint_03", "env_x", 102)
-    };
+    let elsewhere =
+        Waitpoint { idempotency_key: Some("tok-1".into()), ..sample_waitpoint("waitpoint_03", "env_x", 102) };
     ok(tx.insert_waitpoint(&elsewhere));
     for id in ["waitpoint_04", "waitpoint_05"] {
-        ok(tx.insert_waitpoint(&Waitpoint {
-            idempotency_key: None,
-            ..sample_waitpoint(id, ENV, 103)
-        }));
+        ok(tx.insert_waitpoint(&Waitpoint { idempotency_key: None, ..sample_waitpoint(id, ENV, 103) }));
     }
     assert_eq!(ok(tx.find_waitpoint_by_key(ENV, "tok-1")), Some(w1.clone()));
-    assert_eq!(
-        ok(tx.find_waitpoint_by_key("env_x", "tok-1")),
-        Some(elsewhere)
-    );
+    assert_eq!(ok(tx.find_waitpoint_by_key("env_x", "tok-1")), Some(elsewhere));
     assert_eq!(ok(tx.find_waitpoint_by_key(ENV, "nope")), None);
 
     // update_waitpoint writes every field, keys included.
@@ -1705,10 +1234,7 @@ pub fn waitpoints_and_blocks<S: Store>(mut store: S) {
     assert_eq!(ok(tx.find_waitpoint_by_key(ENV, "tok-1")), None);
     assert_eq!(ok(tx.find_waitpoint_by_key(ENV, "tok-1b")), Some(w1b));
     let w4 = ok(tx.lock_waitpoint("waitpoint_04")).expect("waitpoint_04");
-    let taken = Waitpoint {
-        idempotency_key: Some("tok-1b".into()),
-        ..w4
-    };
+    let taken = Waitpoint { idempotency_key: Some("tok-1b".into()), ..w4 };
     expect_unique(&mut *tx, |tx| tx.update_waitpoint(&taken));
 
     // The RUN waitpoint of a run.
@@ -1720,11 +1246,7 @@ pub fn waitpoints_and_blocks<S: Store>(mut store: S) {
     };
     ok(tx.insert_waitpoint(&wr));
     assert_eq!(ok(tx.find_run_waitpoint("run_child")), Some(wr));
-    assert_eq!(
-        ok(tx.find_run_waitpoint("run_other")),
-        None,
-        "only RUN waitpoints count"
-    );
+    assert_eq!(ok(tx.find_run_waitpoint("run_other")), None, "only RUN waitpoints count");
     assert_eq!(ok(tx.find_run_waitpoint("run_none")), None);
 
     // Block edges.
@@ -1743,16 +1265,9 @@ pub fn waitpoints_and_blocks<S: Store>(mut store: S) {
         assert!(ok(tx.insert_block(b)), "{b:?}");
     }
     assert!(!ok(tx.insert_block(&b1)), "same edge twice");
-    assert!(
-        !ok(tx.insert_block(&edge("run_1", "waitpoint_a", None, 99))),
-        "same edge, other time"
-    );
+    assert!(!ok(tx.insert_block(&edge("run_1", "waitpoint_a", None, 99))), "same edge, other time");
     assert!(!ok(tx.insert_block(&b2)));
-    assert_eq!(
-        ok(tx.list_blocks("run_1")),
-        vec![b1.clone(), b2, b3],
-        "insertion order"
-    );
+    assert_eq!(ok(tx.list_blocks("run_1")), vec![b1.clone(), b2, b3], "insertion order");
     assert!(ok(tx.list_blocks("run_none")).is_empty());
     let mut blocked = ok(tx.runs_blocked_by("waitpoint_b"));
     blocked.sort();
@@ -1763,10 +1278,7 @@ pub fn waitpoints_and_blocks<S: Store>(mut store: S) {
     assert!(ok(tx.list_blocks("run_1")).is_empty());
     assert_eq!(ok(tx.runs_blocked_by("waitpoint_b")), strings(&["run_2"]));
     assert!(ok(tx.runs_blocked_by("waitpoint_a")).is_empty());
-    assert!(
-        ok(tx.insert_block(&b1)),
-        "a deleted edge can be added again"
-    );
+    assert!(ok(tx.insert_block(&b1)), "a deleted edge can be added again");
     ok(tx.delete_blocks("run_none"));
     ok(tx.commit());
 
@@ -1783,16 +1295,8 @@ pub fn list_waitpoints<S: Store>(mut store: S) {
     let mut all: Vec<Waitpoint> = (1..=8i64)
         .map(|n| {
             let mut w = sample_waitpoint(&format!("waitpoint_{n:02}"), ENV, 100 * n);
-            w.kind = if n % 4 == 0 {
-                WaitpointType::DateTime
-            } else {
-                WaitpointType::Manual
-            };
-            w.status = if n % 2 == 0 {
-                WaitpointStatus::Completed
-            } else {
-                WaitpointStatus::Pending
-            };
+            w.kind = if n % 4 == 0 { WaitpointType::DateTime } else { WaitpointType::Manual };
+            w.status = if n % 2 == 0 { WaitpointStatus::Completed } else { WaitpointStatus::Pending };
             // Completed with an error output: a token that timed out.
             w.output_is_error = n == 2 || n == 6 || n == 7;
             w.tags = match n % 3 {
@@ -1809,100 +1313,49 @@ pub fn list_waitpoints<S: Store>(mut store: S) {
     ok(tx.insert_waitpoint(&sample_waitpoint("waitpoint_99", "env_elsewhere", 1)));
     all.reverse(); // newest first
 
-    let page = Page {
-        size: 100,
-        ..Page::default()
-    };
-    let base = WaitpointFilter {
-        env_id: ENV.into(),
-        ..WaitpointFilter::default()
-    };
-    let check = |tx: &mut (dyn Tx + '_),
-                 what: &str,
-                 f: WaitpointFilter,
-                 pred: &dyn Fn(&Waitpoint) -> bool| {
-        let got = ok(tx.list_waitpoints(&f, &page));
-        let expected: Vec<Waitpoint> = all.iter().filter(|w| pred(w)).cloned().collect();
-        assert_eq!(
-            ids(&got, |w| &w.id),
-            ids(&expected, |w| &w.id),
-            "list_waitpoints by {what}"
-        );
-        assert_eq!(got, expected);
-    };
+    let page = Page { size: 100, ..Page::default() };
+    let base = WaitpointFilter { env_id: ENV.into(), ..WaitpointFilter::default() };
+    let check =
+        |tx: &mut (dyn Tx + '_), what: &str, f: WaitpointFilter, pred: &dyn Fn(&Waitpoint) -> bool| {
+            let got = ok(tx.list_waitpoints(&f, &page));
+            let expected: Vec<Waitpoint> = all.iter().filter(|w| pred(w)).cloned().collect();
+            assert_eq!(ids(&got, |w| &w.id), ids(&expected, |w| &w.id), "list_waitpoints by {what}");
+            assert_eq!(got, expected);
+        };
     check(&mut *tx, "env", base.clone(), &|_| true);
-    check(
-        &mut *tx,
-        "kind",
-        WaitpointFilter {
-            kind: Some(WaitpointType::Manual),
-            ..base.clone()
-        },
-        &|w| w.kind == WaitpointType::Manual,
-    );
+    check(&mut *tx, "kind", WaitpointFilter { kind: Some(WaitpointType::Manual), ..base.clone() }, &|w| {
+        w.kind == WaitpointType::Manual
+    });
     check(
         &mut *tx,
         "statuses",
-        WaitpointFilter {
-            statuses: vec![WaitpointStatus::Completed],
-            ..base.clone()
-        },
+        WaitpointFilter { statuses: vec![WaitpointStatus::Completed], ..base.clone() },
         &|w| w.status == WaitpointStatus::Completed,
     );
     let timed_out = |w: &Waitpoint| w.status == WaitpointStatus::Completed && w.output_is_error;
-    check(
-        &mut *tx,
-        "timed out",
-        WaitpointFilter {
-            timed_out: Some(true),
-            ..base.clone()
-        },
-        &timed_out,
-    );
-    check(
-        &mut *tx,
-        "not timed out",
-        WaitpointFilter {
-            timed_out: Some(false),
-            ..base.clone()
-        },
-        &|w| !timed_out(w),
-    );
+    check(&mut *tx, "timed out", WaitpointFilter { timed_out: Some(true), ..base.clone() }, &timed_out);
+    check(&mut *tx, "not timed out", WaitpointFilter { timed_out: Some(false), ..base.clone() }, &|w| {
+        !timed_out(w)
+    });
     check(
         &mut *tx,
         "idempotency key",
-        WaitpointFilter {
-            idempotency_key: Some("idem-waitpoint_03".into()),
-            ..base.clone()
-        },
+        WaitpointFilter { idempotency_key: Some("idem-waitpoint_03".into()), ..base.clone() },
         &|w| w.id == "waitpoint_03",
     );
     check(
         &mut *tx,
         "tags (any of)",
-        WaitpointFilter {
-            tags: strings(&["red", "green"]),
-            ..base.clone()
-        },
+        WaitpointFilter { tags: strings(&["red", "green"]), ..base.clone() },
         &|w| !w.tags.is_empty(),
     );
-    check(
-        &mut *tx,
-        "one tag",
-        WaitpointFilter {
-            tags: strings(&["blue"]),
-            ..base.clone()
-        },
-        &|w| w.tags.iter().any(|t| t == "blue"),
-    );
+    check(&mut *tx, "one tag", WaitpointFilter { tags: strings(&["blue"]), ..base.clone() }, &|w| {
+        w.tags.iter().any(|t| t == "blue")
+    });
     check(
         &mut *tx,
         "created range (inclusive)",
-        WaitpointFilter {
-            created_from: Some(200),
-            created_to: Some(400),
-            ..base.clone()
-        },
+        WaitpointFilter { created_from: Some(200), created_to: Some(400), ..base.clone() },
         &|w| (200..=400).contains(&w.created_at),
     );
     check(
@@ -1914,35 +1367,17 @@ pub fn list_waitpoints<S: Store>(mut store: S) {
             tags: strings(&["red"]),
             ..base.clone()
         },
-        &|w| {
-            w.kind == WaitpointType::Manual
-                && w.status == WaitpointStatus::Pending
-                && w.tags == ["red"]
-        },
+        &|w| w.kind == WaitpointType::Manual && w.status == WaitpointStatus::Pending && w.tags == ["red"],
     );
 
     let list = |tx: &mut (dyn Tx + '_), after: Option<&str>, before: Option<&str>, size: u32| {
-        let p = Page {
-            after: after.map(Into::into),
-            before: before.map(Into::into),
-            size,
-        };
+        let p = Page { after: after.map(Into::into), before: before.map(Into::into), size };
         ids(&ok(tx.list_waitpoints(&base, &p)), |w| &w.id)
     };
-    let want = |ns: &[u32]| {
-        ns.iter()
-            .map(|n| format!("waitpoint_{n:02}"))
-            .collect::<Vec<_>>()
-    };
+    let want = |ns: &[u32]| ns.iter().map(|n| format!("waitpoint_{n:02}")).collect::<Vec<_>>();
     assert_eq!(list(&mut *tx, None, None, 3), want(&[8, 7, 6]));
-    assert_eq!(
-        list(&mut *tx, Some("waitpoint_06"), None, 3),
-        want(&[5, 4, 3])
-    );
-    assert_eq!(
-        list(&mut *tx, None, Some("waitpoint_03"), 3),
-        want(&[6, 5, 4])
-    );
+    assert_eq!(list(&mut *tx, Some("waitpoint_06"), None, 3), want(&[5, 4, 3]));
+    assert_eq!(list(&mut *tx, None, Some("waitpoint_03"), 3), want(&[6, 5, 4]));
     assert_eq!(list(&mut *tx, None, Some("waitpoint_07"), 3), want(&[8]));
     assert_eq!(list(&mut *tx, None, None, 0).len(), 8);
     ok(tx.commit());
@@ -1952,33 +1387,18 @@ pub fn list_waitpoints<S: Store>(mut store: S) {
 pub fn batches<S: Store>(mut store: S) {
     const ENV: &str = "env_b";
     let mut tx = ok(store.begin());
-    let b1 = Batch {
-        idempotency_key: Some("bk1".into()),
-        ..sample_batch("batch_01", ENV)
-    };
-    let b2 = Batch {
-        idempotency_key: None,
-        ..sample_batch("batch_02", ENV)
-    };
-    let b3 = Batch {
-        idempotency_key: None,
-        ..sample_batch("batch_03", ENV)
-    };
+    let b1 = Batch { idempotency_key: Some("bk1".into()), ..sample_batch("batch_01", ENV) };
+    let b2 = Batch { idempotency_key: None, ..sample_batch("batch_02", ENV) };
+    let b3 = Batch { idempotency_key: None, ..sample_batch("batch_03", ENV) };
     for b in [&b2, &b1, &b3] {
         ok(tx.insert_batch(b));
     }
     assert_eq!(ok(tx.lock_batch("batch_01")), Some(b1.clone()));
     assert_eq!(ok(tx.lock_batch("batch_missing")), None);
-    let dup = Batch {
-        idempotency_key: Some("bk1".into()),
-        ..sample_batch("batch_04", ENV)
-    };
+    let dup = Batch { idempotency_key: Some("bk1".into()), ..sample_batch("batch_04", ENV) };
     expect_unique(&mut *tx, |tx| tx.insert_batch(&dup));
     assert_eq!(ok(tx.lock_batch("batch_04")), None);
-    let elsewhere = Batch {
-        idempotency_key: Some("bk1".into()),
-        ..sample_batch("batch_05", "env_x")
-    };
+    let elsewhere = Batch { idempotency_key: Some("bk1".into()), ..sample_batch("batch_05", "env_x") };
     ok(tx.insert_batch(&elsewhere));
     assert_eq!(ok(tx.find_batch_by_key(ENV, "bk1")), Some(b1.clone()));
     assert_eq!(ok(tx.find_batch_by_key("env_x", "bk1")), Some(elsewhere));
@@ -2000,18 +1420,9 @@ pub fn batches<S: Store>(mut store: S) {
     // Items: one run per index.
     assert!(ok(tx.insert_batch_item("batch_01", 1, "run_b1")));
     assert!(ok(tx.insert_batch_item("batch_01", 0, "run_b0")));
-    assert!(
-        !ok(tx.insert_batch_item("batch_01", 1, "run_other")),
-        "index already recorded"
-    );
-    assert!(
-        ok(tx.insert_batch_item("batch_02", 1, "run_c1")),
-        "indexes are per batch"
-    );
-    assert_eq!(
-        ok(tx.get_batch_item("batch_01", 1)),
-        Some("run_b1".to_string())
-    );
+    assert!(!ok(tx.insert_batch_item("batch_01", 1, "run_other")), "index already recorded");
+    assert!(ok(tx.insert_batch_item("batch_02", 1, "run_c1")), "indexes are per batch");
+    assert_eq!(ok(tx.get_batch_item("batch_01", 1)), Some("run_b1".to_string()));
     assert_eq!(ok(tx.get_batch_item("batch_01", 5)), None);
     assert_eq!(ok(tx.get_batch_item("batch_missing", 0)), None);
     assert_eq!(
@@ -2022,39 +1433,14 @@ pub fn batches<S: Store>(mut store: S) {
 
     // Newest first, with cursors.
     let list = |tx: &mut (dyn Tx + '_), after: Option<&str>, before: Option<&str>, size: u32| {
-        let p = Page {
-            after: after.map(Into::into),
-            before: before.map(Into::into),
-            size,
-        };
+        let p = Page { after: after.map(Into::into), before: before.map(Into::into), size };
         ids(&ok(tx.list_batches(ENV, &p)), |b| &b.id)
     };
-    assert_eq!(
-        list(&mut *tx, None, None, 0),
-        strings(&["batch_03", "batch_02", "batch_01"])
-    );
-    assert_eq!(
-        list(&mut *tx, None, None, 2),
-        strings(&["batch_03", "batch_02"])
-    );
-    assert_eq!(
-        list(&mut *tx, Some("batch_02"), None, 2),
-        strings(&["batch_01"])
-    );
-    assert_eq!(
-        list(&mut *tx, None, Some("batch_01"), 1),
-        strings(&["batch_02"])
-    );
-    assert_eq!(
-        ok(tx.list_batches(
-            ENV,
-            &Page {
-                size: 1,
-                ..Page::default()
-            }
-        )),
-        vec![b3]
-    );
+    assert_eq!(list(&mut *tx, None, None, 0), strings(&["batch_03", "batch_02", "batch_01"]));
+    assert_eq!(list(&mut *tx, None, None, 2), strings(&["batch_03", "batch_02"]));
+    assert_eq!(list(&mut *tx, Some("batch_02"), None, 2), strings(&["batch_01"]));
+    assert_eq!(list(&mut *tx, None, Some("batch_01"), 1), strings(&["batch_02"]));
+    assert_eq!(ok(tx.list_batches(ENV, &Page { size: 1, ..Page::default() })), vec![b3]);
     assert!(ok(tx.list_batches("env_none", &Page::default())).is_empty());
     ok(tx.commit());
 
@@ -2068,60 +1454,28 @@ pub fn batches<S: Store>(mut store: S) {
 pub fn events<S: Store>(mut store: S) {
     let mut tx = ok(store.begin());
     ok(tx.insert_events(&[]));
-    let first = [
-        event("run_e1", "one"),
-        event("run_e2", "other run"),
-        event("run_e1", "two"),
-    ];
+    let first = [event("run_e1", "one"), event("run_e2", "other run"), event("run_e1", "two")];
     ok(tx.insert_events(&first));
     let got = ok(tx.list_events("run_e1", 0, 100));
     assert_eq!(got.len(), 2);
-    assert!(
-        got[0].seq > 0 && got[0].seq < got[1].seq,
-        "increasing seq: {} {}",
-        got[0].seq,
-        got[1].seq
-    );
-    assert_eq!(
-        got[0],
-        RunEvent {
-            seq: got[0].seq,
-            ..first[0].clone()
-        }
-    );
-    assert_eq!(
-        got[1],
-        RunEvent {
-            seq: got[1].seq,
-            ..first[2].clone()
-        }
-    );
-    assert_eq!(
-        ok(tx.list_events("run_e1", got[0].seq, 100)),
-        vec![got[1].clone()]
-    );
+    assert!(got[0].seq > 0 && got[0].seq < got[1].seq, "increasing seq: {} {}", got[0].seq, got[1].seq);
+    assert_eq!(got[0], RunEvent { seq: got[0].seq, ..first[0].clone() });
+    assert_eq!(got[1], RunEvent { seq: got[1].seq, ..first[2].clone() });
+    assert_eq!(ok(tx.list_events("run_e1", got[0].seq, 100)), vec![got[1].clone()]);
     assert!(ok(tx.list_events("run_e1", got[1].seq, 100)).is_empty());
     assert_eq!(ok(tx.list_events("run_e1", 0, 1)), vec![got[0].clone()]);
     let other = ok(tx.list_events("run_e2", 0, 100));
     assert_eq!(other.len(), 1);
-    assert!(
-        other[0].seq > got[0].seq && other[0].seq < got[1].seq,
-        "seq follows insertion across runs"
-    );
+    assert!(other[0].seq > got[0].seq && other[0].seq < got[1].seq, "seq follows insertion across runs");
     assert!(ok(tx.list_events("run_none", 0, 100)).is_empty());
     ok(tx.commit());
 
     let mut tx = ok(store.begin());
-    let more: Vec<RunEvent> = (0..5)
-        .map(|i| event("run_e1", &format!("more {i}")))
-        .collect();
+    let more: Vec<RunEvent> = (0..5).map(|i| event("run_e1", &format!("more {i}"))).collect();
     ok(tx.insert_events(&more));
     let all = ok(tx.list_events("run_e1", 0, 100));
     let messages: Vec<&str> = all.iter().map(|e| e.message.as_str()).collect();
-    assert_eq!(
-        messages,
-        vec!["one", "two", "more 0", "more 1", "more 2", "more 3", "more 4"]
-    );
+    assert_eq!(messages, vec!["one", "two", "more 0", "more 1", "more 2", "more 3", "more 4"]);
     assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
     let tail = ok(tx.list_events("run_e1", all[1].seq, 2));
     assert_eq!(tail, all[2..4].to_vec());
@@ -2135,11 +1489,7 @@ pub fn events<S: Store>(mut store: S) {
 /// `iterations` times: every iteration enqueues a run, then each claimer runs
 /// `dequeue_entry` + `acquire` in a transaction of its own. Exactly one must win each time,
 /// and the counters must return to zero once the winner releases.
-pub fn claim_race<S: Store + Send>(
-    make: impl Fn() -> S + Sync,
-    claimers: usize,
-    iterations: usize,
-) {
+pub fn claim_race<S: Store + Send>(make: impl Fn() -> S + Sync, claimers: usize, iterations: usize) {
     const ENV: &str = "env_race";
     const QUEUE: &str = "task/race";
     assert!(claimers > 0, "at least one claimer");
@@ -2216,20 +1566,12 @@ pub fn claim_race<S: Store + Send>(
     }
 }
 
-fn claim_once<S: Store>(
-    store: &mut S,
-    run_id: &str,
-    env_id: &str,
-    queue: &str,
-) -> Result<bool, String> {
+fn claim_once<S: Store>(store: &mut S, run_id: &str, env_id: &str, queue: &str) -> Result<bool, String> {
     let mut tx = store.begin().map_err(|e| e.to_string())?;
     let won = match tx.dequeue_entry(run_id).map_err(|e| e.to_string())? {
         Some(e) if e.run_id != run_id => return Err(format!("dequeued {} for {run_id}", e.run_id)),
         Some(_) => {
-            if !tx
-                .acquire(&holder(run_id, env_id, queue, ""))
-                .map_err(|e| e.to_string())?
-            {
+            if !tx.acquire(&holder(run_id, env_id, queue, "")).map_err(|e| e.to_string())? {
                 return Err(format!("acquire refused freshly dequeued {run_id}"));
             }
             true
@@ -2240,12 +1582,7 @@ fn claim_once<S: Store>(
     Ok(won)
 }
 
-fn race_setup<S: Store>(
-    store: &mut S,
-    run_id: &str,
-    env_id: &str,
-    queue: &str,
-) -> StorageResult<()> {
+fn race_setup<S: Store>(store: &mut S, run_id: &str, env_id: &str, queue: &str) -> StorageResult<()> {
     let mut tx = store.begin()?;
     let run = Run {
         queue: queue.into(),
@@ -2261,12 +1598,7 @@ fn race_setup<S: Store>(
     tx.commit()
 }
 
-fn race_verify<S: Store>(
-    store: &mut S,
-    run_id: &str,
-    env_id: &str,
-    queue: &str,
-) -> Result<(), String> {
+fn race_verify<S: Store>(store: &mut S, run_id: &str, env_id: &str, queue: &str) -> Result<(), String> {
     let err = |e: crate::storage::StorageError| e.to_string();
     let mut tx = store.begin().map_err(err)?;
     let counts = |tx: &mut (dyn Tx + '_)| -> Result<(u32, u32, u32), String> {
@@ -2276,18 +1608,14 @@ fn race_verify<S: Store>(
     };
     let held = counts(&mut *tx)?;
     if held != (0, 1, 1) {
-        return Err(format!(
-            "while held: (ready, running, env running) = {held:?}, want (0, 1, 1)"
-        ));
+        return Err(format!("while held: (ready, running, env running) = {held:?}, want (0, 1, 1)"));
     }
     if !tx.release(run_id).map_err(err)? {
         return Err(format!("release of {run_id} found no holder"));
     }
     let after = counts(&mut *tx)?;
     if after != (0, 0, 0) {
-        return Err(format!(
-            "after release: (ready, running, env running) = {after:?}, want zeros"
-        ));
+        return Err(format!("after release: (ready, running, env running) = {after:?}, want zeros"));
     }
     if tx.get_holder(run_id).map_err(err)?.is_some() {
         return Err(format!("{run_id} still has a holder"));

@@ -85,14 +85,11 @@ impl Engine {
     /// until [`Engine::fire_due_timers`] is called.
     pub fn start(store: impl Store, options: EngineOptions) -> Engine {
         let notifier = Arc::new(Notifier::new());
-        let writer = Writer::start(
-            Box::new(store),
-            options.clock.clone(),
-            Arc::new(options.config),
-            notifier.clone(),
-        );
+        let writer =
+            Writer::start(Box::new(store), options.clock.clone(), Arc::new(options.config), notifier.clone());
         let (stop, stopped) = watch::channel(false);
-        let engine = Engine { inner: Arc::new(Inner { writer, notifier, clock: options.clock.clone(), stop }) };
+        let engine =
+            Engine { inner: Arc::new(Inner { writer, notifier, clock: options.clock.clone(), stop }) };
         if !options.clock.is_manual() {
             tokio::spawn(timer_loop(Arc::downgrade(&engine.inner), stopped));
         }
@@ -148,7 +145,12 @@ impl Engine {
     }
 
     /// Creates a key; the returned string is its only plain-text copy.
-    pub async fn create_api_key(&self, kind: ApiKeyKind, env_id: Option<&str>, name: &str) -> Result<(ApiKey, String)> {
+    pub async fn create_api_key(
+        &self,
+        kind: ApiKeyKind,
+        env_id: Option<&str>,
+        name: &str,
+    ) -> Result<(ApiKey, String)> {
         let (env_id, name) = (env_id.map(str::to_string), name.to_string());
         self.call(move |txn| crate::tenancy::create_api_key(txn, kind, env_id.as_deref(), &name)).await
     }
@@ -193,7 +195,12 @@ impl Engine {
     }
 
     /// Changes an environment's concurrency limit or pauses it.
-    pub async fn update_environment(&self, env_id: &str, limit: Option<u32>, paused: Option<bool>) -> Result<Environment> {
+    pub async fn update_environment(
+        &self,
+        env_id: &str,
+        limit: Option<u32>,
+        paused: Option<bool>,
+    ) -> Result<Environment> {
         let env_id = env_id.to_string();
         self.call(move |txn| {
             let mut env = registry::environment(txn, &env_id)?;
@@ -282,7 +289,12 @@ impl Engine {
     }
 
     /// Claims runs, waiting up to `timeout` for one to become available (long poll).
-    pub async fn dequeue_wait(&self, env_id: &str, request: DequeueRequest, timeout: Duration) -> Result<Vec<Dequeued>> {
+    pub async fn dequeue_wait(
+        &self,
+        env_id: &str,
+        request: DequeueRequest,
+        timeout: Duration,
+    ) -> Result<Vec<Dequeued>> {
         let notify = self.inner.notifier.env(env_id);
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -299,7 +311,12 @@ impl Engine {
         }
     }
 
-    pub async fn start_attempt(&self, env_id: &str, run_id: &str, snapshot_id: &str) -> Result<StartedAttempt> {
+    pub async fn start_attempt(
+        &self,
+        env_id: &str,
+        run_id: &str,
+        snapshot_id: &str,
+    ) -> Result<StartedAttempt> {
         let (env_id, run_id, snapshot_id) = (env_id.to_string(), run_id.to_string(), snapshot_id.to_string());
         self.call(move |txn| attempt::start_attempt(txn, &env_id, &run_id, &snapshot_id)).await
     }
@@ -314,7 +331,14 @@ impl Engine {
     ) -> Result<AttemptOutcome> {
         let (env_id, run_id, snapshot_id) = (env_id.to_string(), run_id.to_string(), snapshot_id.to_string());
         self.call(move |txn| {
-            attempt::complete_attempt(txn, &env_id, &run_id, &snapshot_id, &completion, flushed_metadata.as_ref())
+            attempt::complete_attempt(
+                txn,
+                &env_id,
+                &run_id,
+                &snapshot_id,
+                &completion,
+                flushed_metadata.as_ref(),
+            )
         })
         .await
     }
@@ -330,14 +354,22 @@ impl Engine {
         let (env_id, run_id) = (env_id.to_string(), run_id.to_string());
         self.call(move |txn| {
             let run = txn.lock_run_in(&env_id, &run_id)?;
-            let snapshot = txn.tx.get_snapshot(&run.snapshot_id)?.ok_or_else(|| not_found("Snapshot", &run.snapshot_id))?;
+            let snapshot = txn
+                .tx
+                .get_snapshot(&run.snapshot_id)?
+                .ok_or_else(|| not_found("Snapshot", &run.snapshot_id))?;
             Ok((run, snapshot))
         })
         .await
     }
 
     /// A run's snapshots after one (all when `None`), oldest first.
-    pub async fn snapshots_since(&self, env_id: &str, run_id: &str, after: Option<&str>) -> Result<Vec<Snapshot>> {
+    pub async fn snapshots_since(
+        &self,
+        env_id: &str,
+        run_id: &str,
+        after: Option<&str>,
+    ) -> Result<Vec<Snapshot>> {
         let (env_id, run_id, after) = (env_id.to_string(), run_id.to_string(), after.map(str::to_string));
         self.call(move |txn| {
             txn.lock_run_in(&env_id, &run_id)?;
@@ -421,7 +453,15 @@ impl Engine {
     ) -> Result<Waitpoint> {
         let (env_id, run_id, snapshot_id) = (env_id.to_string(), run_id.to_string(), snapshot_id.to_string());
         self.call(move |txn| {
-            wait::wait_for_duration(txn, &env_id, &run_id, &snapshot_id, until, idempotency_key.as_deref(), idempotency_key_ttl_ms)
+            wait::wait_for_duration(
+                txn,
+                &env_id,
+                &run_id,
+                &snapshot_id,
+                until,
+                idempotency_key.as_deref(),
+                idempotency_key_ttl_ms,
+            )
         })
         .await
     }
@@ -432,13 +472,28 @@ impl Engine {
         self.call(move |txn| wait::create_token(txn, &env_id, &options)).await
     }
 
-    pub async fn wait_for_token(&self, env_id: &str, run_id: &str, snapshot_id: Option<String>, waitpoint_id: &str) -> Result<Waitpoint> {
-        let (env_id, run_id, waitpoint_id) = (env_id.to_string(), run_id.to_string(), waitpoint_id.to_string());
-        self.call(move |txn| wait::wait_for_token(txn, &env_id, &run_id, snapshot_id.as_deref(), &waitpoint_id)).await
+    pub async fn wait_for_token(
+        &self,
+        env_id: &str,
+        run_id: &str,
+        snapshot_id: Option<String>,
+        waitpoint_id: &str,
+    ) -> Result<Waitpoint> {
+        let (env_id, run_id, waitpoint_id) =
+            (env_id.to_string(), run_id.to_string(), waitpoint_id.to_string());
+        self.call(move |txn| {
+            wait::wait_for_token(txn, &env_id, &run_id, snapshot_id.as_deref(), &waitpoint_id)
+        })
+        .await
     }
 
     /// Completes a token. `env_id` `None` is for callback URLs, which carry their own secret.
-    pub async fn complete_token(&self, env_id: Option<&str>, waitpoint_id: &str, data: Packet) -> Result<Waitpoint> {
+    pub async fn complete_token(
+        &self,
+        env_id: Option<&str>,
+        waitpoint_id: &str,
+        data: Packet,
+    ) -> Result<Waitpoint> {
         let (env_id, waitpoint_id) = (env_id.map(str::to_string), waitpoint_id.to_string());
         self.call(move |txn| wait::complete_token(txn, env_id.as_deref(), &waitpoint_id, data.clone())).await
     }
@@ -464,7 +519,12 @@ impl Engine {
         self.call(move |txn| batch::create_batch(txn, &env_id, &request)).await
     }
 
-    pub async fn add_batch_items(&self, env_id: &str, batch_id: &str, items: Vec<BatchItem>) -> Result<ItemsAdded> {
+    pub async fn add_batch_items(
+        &self,
+        env_id: &str,
+        batch_id: &str,
+        items: Vec<BatchItem>,
+    ) -> Result<ItemsAdded> {
         let (env_id, batch_id) = (env_id.to_string(), batch_id.to_string());
         self.call(move |txn| batch::add_items(txn, &env_id, &batch_id, &items)).await
     }
@@ -495,13 +555,20 @@ impl Engine {
         let (env_id, run_id) = (env_id.to_string(), run_id.to_string());
         self.call(move |txn| {
             txn.lock_run_in(&env_id, &run_id)?;
-            let events: Vec<RunEvent> = events.iter().cloned().map(|e| RunEvent { run_id: run_id.clone(), ..e }).collect();
+            let events: Vec<RunEvent> =
+                events.iter().cloned().map(|e| RunEvent { run_id: run_id.clone(), ..e }).collect();
             Ok(txn.tx.insert_events(&events)?)
         })
         .await
     }
 
-    pub async fn list_events(&self, env_id: &str, run_id: &str, after_seq: i64, max: u32) -> Result<Vec<RunEvent>> {
+    pub async fn list_events(
+        &self,
+        env_id: &str,
+        run_id: &str,
+        after_seq: i64,
+        max: u32,
+    ) -> Result<Vec<RunEvent>> {
         let (env_id, run_id) = (env_id.to_string(), run_id.to_string());
         self.call(move |txn| {
             txn.lock_run_in(&env_id, &run_id)?;
@@ -519,9 +586,8 @@ impl Engine {
         loop {
             // Submit a round of commands at once so they share one transaction; each takes
             // and fires one timer.
-            let round = (0..64)
-                .map(|_| self.inner.writer.submit(timers::fire_next))
-                .collect::<Result<Vec<_>>>()?;
+            let round =
+                (0..64).map(|_| self.inner.writer.submit(timers::fire_next)).collect::<Result<Vec<_>>>()?;
             let mut exhausted = false;
             for receiver in round {
                 match receiver.await.map_err(|_| crate::Error::Shutdown)?? {
@@ -548,7 +614,8 @@ impl Engine {
 
     /// Re-checks a subqueue for runs waiting only for a slot (used after limit changes).
     pub async fn pump(&self, env_id: &str, queue_name: &str, concurrency_key: &str) -> Result<()> {
-        let (env_id, queue_name, key) = (env_id.to_string(), queue_name.to_string(), concurrency_key.to_string());
+        let (env_id, queue_name, key) =
+            (env_id.to_string(), queue_name.to_string(), concurrency_key.to_string());
         self.call(move |txn| queue::pump_resumes(txn, &env_id, &queue_name, &key)).await
     }
 }
@@ -562,7 +629,8 @@ async fn timer_loop(inner: Weak<Inner>, mut stopped: watch::Receiver<bool>) {
             match engine.fire_due_timers().await {
                 Ok(_) => match engine.next_timer_at().await {
                     Ok(next) => {
-                        *engine.inner.notifier.earliest_timer.lock().unwrap_or_else(|e| e.into_inner()) = next;
+                        *engine.inner.notifier.earliest_timer.lock().unwrap_or_else(|e| e.into_inner()) =
+                            next;
                         if let Some(at) = next {
                             let ms = (at - engine.now()).clamp(0, 30_000);
                             wait = Duration::from_millis(ms as u64);

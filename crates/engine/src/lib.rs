@@ -79,8 +79,8 @@ pub use lifecycle::trigger::{TriggerOptions, TriggerRequest, Triggered};
 pub use lifecycle::wait::{iso8601, TokenOptions};
 pub use model::*;
 pub use tenancy::Tenancy;
-pub use txn::RunChange;
 pub use trigger_types::{
-    AttemptStatus, BatchStatus, ExecutionStatus, InternalErrorCode, MachinePreset, Millis, RetryOptions, RunStatus,
-    TaskRunError, WaitpointStatus, WaitpointType,
+    AttemptStatus, BatchStatus, ExecutionStatus, InternalErrorCode, MachinePreset, Millis, RetryOptions,
+    RunStatus, TaskRunError, WaitpointStatus, WaitpointType,
 };
+pub use txn::RunChange;

@@ -98,7 +98,8 @@ pub trait Tx {
     fn get_worker(&mut self, id: &str) -> StorageResult<Option<WorkerVersion>>;
     /// The most recently registered worker version of an environment.
     fn latest_worker(&mut self, env_id: &str) -> StorageResult<Option<WorkerVersion>>;
-    fn find_worker_by_version(&mut self, env_id: &str, version: &str) -> StorageResult<Option<WorkerVersion>>;
+    fn find_worker_by_version(&mut self, env_id: &str, version: &str)
+        -> StorageResult<Option<WorkerVersion>>;
     /// Worker versions of an environment, newest first.
     fn list_workers(&mut self, env_id: &str, limit: u32) -> StorageResult<Vec<WorkerVersion>>;
 
@@ -129,13 +130,23 @@ pub trait Tx {
     fn get_payload(&mut self, run_id: &str) -> StorageResult<Option<Packet>>;
     fn set_output(&mut self, run_id: &str, output: &Packet) -> StorageResult<()>;
     fn get_output(&mut self, run_id: &str) -> StorageResult<Option<Packet>>;
-    fn find_run_by_idempotency_key(&mut self, env_id: &str, task: &str, key: &str) -> StorageResult<Option<Run>>;
+    fn find_run_by_idempotency_key(
+        &mut self,
+        env_id: &str,
+        task: &str,
+        key: &str,
+    ) -> StorageResult<Option<Run>>;
     /// Runs matching a filter, newest first, one page.
     fn list_runs(&mut self, filter: &RunFilter, page: &Page) -> StorageResult<Vec<Run>>;
     /// Direct children of a run, oldest first.
     fn list_children(&mut self, parent_run_id: &str) -> StorageResult<Vec<Run>>;
     /// Runs of an environment in a status, oldest first (used for `PENDING_VERSION`).
-    fn list_runs_in_status(&mut self, env_id: &str, status: trigger_types::RunStatus, limit: u32) -> StorageResult<Vec<Run>>;
+    fn list_runs_in_status(
+        &mut self,
+        env_id: &str,
+        status: trigger_types::RunStatus,
+        limit: u32,
+    ) -> StorageResult<Vec<Run>>;
 
     // Execution snapshots.
 
@@ -155,10 +166,22 @@ pub trait Tx {
     /// Subqueues of an environment that have ready runs, are not paused and are below their
     /// limit (`running < min(limit, env_limit)`), lowest `head_score` first. A backend shared
     /// by several processes locks the rows it returns, skipping rows locked by others.
-    fn claimable_subqueues(&mut self, env_id: &str, env_limit: u32, max: u32) -> StorageResult<Vec<Subqueue>>;
+    fn claimable_subqueues(&mut self, env_id: &str, env_limit: u32, max: u32)
+        -> StorageResult<Vec<Subqueue>>;
     /// The first `max` ready entries of a subqueue, lowest score first.
-    fn peek_subqueue(&mut self, env_id: &str, queue: &str, concurrency_key: &str, max: u32) -> StorageResult<Vec<ReadyEntry>>;
-    fn get_subqueue(&mut self, env_id: &str, queue: &str, concurrency_key: &str) -> StorageResult<Option<Subqueue>>;
+    fn peek_subqueue(
+        &mut self,
+        env_id: &str,
+        queue: &str,
+        concurrency_key: &str,
+        max: u32,
+    ) -> StorageResult<Vec<ReadyEntry>>;
+    fn get_subqueue(
+        &mut self,
+        env_id: &str,
+        queue: &str,
+        concurrency_key: &str,
+    ) -> StorageResult<Option<Subqueue>>;
     /// Subqueues of one queue (one per concurrency key in use), by key.
     fn list_subqueues(&mut self, env_id: &str, queue: &str) -> StorageResult<Vec<Subqueue>>;
     /// Gives a run a concurrency slot: records the holder and increments the subqueue's and

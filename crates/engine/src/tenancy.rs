@@ -75,11 +75,8 @@ pub(crate) fn bootstrap(txn: &mut Txn<'_>, org_title: &str, project_name: &str) 
 }
 
 fn slug(name: &str) -> String {
-    let s: String = name
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
+    let s: String =
+        name.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
     let s = s.trim_matches('-').to_string();
     if s.is_empty() {
         "default".into()
@@ -97,7 +94,8 @@ pub(crate) fn create_api_key(
 ) -> Result<(ApiKey, String)> {
     let plain = match kind {
         ApiKeyKind::Secret => {
-            let env_id = env_id.ok_or_else(|| Error::Invalid("environment: a secret key needs one".into()))?;
+            let env_id =
+                env_id.ok_or_else(|| Error::Invalid("environment: a secret key needs one".into()))?;
             let env = registry::environment(txn, env_id)?;
             format!("tr_{}_{}", env.kind.slug(), ids::random_alphanumeric(24))
         }

@@ -32,7 +32,10 @@ pub async fn harness_with(config: Config, tasks: Vec<TaskManifest>, queues: Vec<
     );
     let env = engine.create_environment("proj_test", EnvironmentType::Production, None).await.unwrap();
     engine
-        .register_worker(&env.id, WorkerManifest { content_hash: "v1".into(), tasks, queues, ..Default::default() })
+        .register_worker(
+            &env.id,
+            WorkerManifest { content_hash: "v1".into(), tasks, queues, ..Default::default() },
+        )
         .await
         .unwrap();
     Harness { engine, clock, env }
@@ -60,7 +63,11 @@ pub fn on_queue(slug: &str, queue: &str) -> TaskManifest {
 }
 
 pub fn request(task: &str) -> TriggerRequest {
-    TriggerRequest { task: task.into(), payload: Packet::json(&json!({"n": 1})), options: TriggerOptions::default() }
+    TriggerRequest {
+        task: task.into(),
+        payload: Packet::json(&json!({"n": 1})),
+        options: TriggerOptions::default(),
+    }
 }
 
 pub fn request_with(task: &str, options: TriggerOptions) -> TriggerRequest {
@@ -83,7 +90,8 @@ impl Harness {
     /// Claims and starts one specific run; returns the executing snapshot id.
     pub async fn claim_and_start(&self, run_id: &str) -> String {
         let claimed = self.dequeue(100).await;
-        let d = claimed.iter().find(|d| d.run.id == run_id).unwrap_or_else(|| panic!("{run_id} not claimable"));
+        let d =
+            claimed.iter().find(|d| d.run.id == run_id).unwrap_or_else(|| panic!("{run_id} not claimable"));
         self.engine.start_attempt(&self.env.id, run_id, &d.snapshot.id).await.unwrap().snapshot.id
     }
 
@@ -93,7 +101,13 @@ impl Harness {
 
     pub async fn succeed(&self, run_id: &str, snapshot: &str, output: serde_json::Value) -> AttemptOutcome {
         self.engine
-            .complete_attempt(&self.env.id, run_id, snapshot, Completion::success(Packet::json(&output)), None)
+            .complete_attempt(
+                &self.env.id,
+                run_id,
+                snapshot,
+                Completion::success(Packet::json(&output)),
+                None,
+            )
             .await
             .unwrap()
     }
@@ -105,7 +119,10 @@ impl Harness {
             stack_trace: String::new(),
             causes: None,
         };
-        self.engine.complete_attempt(&self.env.id, run_id, snapshot, Completion::failure(error), None).await.unwrap()
+        self.engine
+            .complete_attempt(&self.env.id, run_id, snapshot, Completion::failure(error), None)
+            .await
+            .unwrap()
     }
 
     pub async fn run(&self, id: &str) -> Run {

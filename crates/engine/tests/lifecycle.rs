@@ -42,7 +42,12 @@ async fn a_run_goes_from_queued_to_completed_through_its_snapshots() {
         .collect();
     assert_eq!(
         log,
-        vec![ExecutionStatus::Queued, ExecutionStatus::PendingExecuting, ExecutionStatus::Executing, ExecutionStatus::Finished]
+        vec![
+            ExecutionStatus::Queued,
+            ExecutionStatus::PendingExecuting,
+            ExecutionStatus::Executing,
+            ExecutionStatus::Finished
+        ]
     );
 }
 
@@ -117,7 +122,11 @@ async fn max_duration_ends_the_run_timed_out_without_retry() {
     let run = h.trigger("slow").await;
     let snapshot = h.claim_and_start(&run.id).await;
     let error = TaskRunError::internal(InternalErrorCode::MaxDurationExceeded, "ran too long");
-    let outcome = h.engine.complete_attempt(&h.env.id, &run.id, &snapshot, Completion::failure(error), None).await.unwrap();
+    let outcome = h
+        .engine
+        .complete_attempt(&h.env.id, &run.id, &snapshot, Completion::failure(error), None)
+        .await
+        .unwrap();
     assert_eq!(outcome.run.status, RunStatus::TimedOut);
     assert_eq!(outcome.status, AttemptStatus::RunFinished);
 }
@@ -227,7 +236,10 @@ async fn a_run_not_dequeued_within_its_ttl_expires_and_its_waiting_parent_sees_t
 async fn delayed_runs_wait_for_their_time_and_can_be_rescheduled_while_delayed() {
     let h = harness(vec![task("later")], vec![]).await;
     let run = h
-        .trigger_with("later", TriggerOptions { delay_until: Some(T0 + 60_000), ttl_ms: Some(1_000), ..Default::default() })
+        .trigger_with(
+            "later",
+            TriggerOptions { delay_until: Some(T0 + 60_000), ttl_ms: Some(1_000), ..Default::default() },
+        )
         .await
         .run;
     assert_eq!(run.status, RunStatus::Delayed);
@@ -304,23 +316,35 @@ async fn tokens_complete_by_hand_or_time_out_with_the_timeout_error() {
 
     let (token, _) = h
         .engine
-        .create_token(&h.env.id, TokenOptions { idempotency_key: Some("approve-1".into()), ..Default::default() })
+        .create_token(
+            &h.env.id,
+            TokenOptions { idempotency_key: Some("approve-1".into()), ..Default::default() },
+        )
         .await
         .unwrap();
     let (same, cached) = h
         .engine
-        .create_token(&h.env.id, TokenOptions { idempotency_key: Some("approve-1".into()), ..Default::default() })
+        .create_token(
+            &h.env.id,
+            TokenOptions { idempotency_key: Some("approve-1".into()), ..Default::default() },
+        )
         .await
         .unwrap();
     assert!(cached);
     assert_eq!(same.id, token.id);
     h.engine.wait_for_token(&h.env.id, &run.id, Some(resumed.id.clone()), &token.id).await.unwrap();
-    h.engine.complete_token(Some(&h.env.id), &token.id, Packet::json(&json!({"approved": true}))).await.unwrap();
+    h.engine
+        .complete_token(Some(&h.env.id), &token.id, Packet::json(&json!({"approved": true})))
+        .await
+        .unwrap();
     let resumed = h.snapshot(&run.id).await;
     assert_eq!(resumed.completed_waitpoints[0].output.as_deref(), Some(r#"{"approved":true}"#));
     assert!(!resumed.completed_waitpoints[0].output_is_error);
     // Completing twice changes nothing.
-    h.engine.complete_token(Some(&h.env.id), &token.id, Packet::json(&json!({"approved": false}))).await.unwrap();
+    h.engine
+        .complete_token(Some(&h.env.id), &token.id, Packet::json(&json!({"approved": false})))
+        .await
+        .unwrap();
     assert_eq!(h.snapshot(&run.id).await.id, resumed.id);
 }
 
@@ -335,7 +359,10 @@ async fn cancelling_a_parent_cancels_its_unfinished_children_recursively() {
         resume_parent_on_completion: true,
         ..Default::default()
     };
-    let done = h.trigger_with("leaf", TriggerOptions { parent_run_id: Some(root.id.clone()), ..Default::default() }).await.run;
+    let done = h
+        .trigger_with("leaf", TriggerOptions { parent_run_id: Some(root.id.clone()), ..Default::default() })
+        .await
+        .run;
     let s = h.claim_and_start(&done.id).await;
     h.succeed(&done.id, &s, json!(1)).await;
     let mid = h.trigger_with("mid", wait(&root.id)).await.run;
@@ -347,7 +374,11 @@ async fn cancelling_a_parent_cancels_its_unfinished_children_recursively() {
         .run;
 
     let canceled = h.engine.cancel(&h.env.id, &root.id, None).await.unwrap();
-    assert_eq!(canceled.execution_status, ExecutionStatus::PendingCancel, "an executing run is asked to stop");
+    assert_eq!(
+        canceled.execution_status,
+        ExecutionStatus::PendingCancel,
+        "an executing run is asked to stop"
+    );
     assert_eq!(h.snapshot(&mid.id).await.execution_status, ExecutionStatus::PendingCancel);
     assert_eq!(h.run(&leaf.id).await.status, RunStatus::Canceled, "a queued child is canceled at once");
     assert_eq!(h.run(&sibling.id).await.status, RunStatus::Canceled);
@@ -386,14 +417,29 @@ async fn stale_calls_are_rejected_and_change_nothing() {
     h.succeed(&run.id, &started.snapshot.id, json!(1)).await;
     let twice = h
         .engine
-        .complete_attempt(&h.env.id, &run.id, &started.snapshot.id, Completion::success(Packet::default()), None)
+        .complete_attempt(
+            &h.env.id,
+            &run.id,
+            &started.snapshot.id,
+            Completion::success(Packet::default()),
+            None,
+        )
         .await;
     assert!(matches!(twice, Err(Error::StaleSnapshot { .. })), "a run completes once");
-    assert_eq!(h.engine.get_run(&h.env.id, &run.id).await.unwrap().output.unwrap().data.as_deref(), Some("1"));
+    assert_eq!(
+        h.engine.get_run(&h.env.id, &run.id).await.unwrap().output.unwrap().data.as_deref(),
+        Some("1")
+    );
 
     let other = h.engine.create_environment("proj_test", EnvironmentType::Staging, None).await.unwrap();
-    assert!(matches!(h.engine.get_run(&other.id, &run.id).await, Err(Error::NotFound(_))), "environments are separate");
-    assert!(matches!(h.engine.trigger(&other.id, request("t")).await, Err(Error::NotFound(_))), "no task there");
+    assert!(
+        matches!(h.engine.get_run(&other.id, &run.id).await, Err(Error::NotFound(_))),
+        "environments are separate"
+    );
+    assert!(
+        matches!(h.engine.trigger(&other.id, request("t")).await, Err(Error::NotFound(_))),
+        "no task there"
+    );
 }
 
 #[tokio::test]
@@ -411,10 +457,17 @@ async fn bad_trigger_input_is_refused_with_the_field_named_and_nothing_written()
         let err = h.engine.trigger(&h.env.id, request_with("t", options)).await.unwrap_err();
         assert!(err.to_string().starts_with(field), "{err} names {field}");
     }
-    let big = TriggerRequest { payload: Packet { data: Some("x".repeat(3 * 1024 * 1024 + 1)), data_type: "text/plain".into() }, ..request("t") };
+    let big = TriggerRequest {
+        payload: Packet { data: Some("x".repeat(3 * 1024 * 1024 + 1)), data_type: "text/plain".into() },
+        ..request("t")
+    };
     assert!(matches!(h.engine.trigger(&h.env.id, big).await, Err(Error::TooLarge(_))));
     assert!(matches!(h.engine.trigger(&h.env.id, request("nope")).await, Err(Error::NotFound(_))));
-    let runs = h.engine.list_runs(RunFilter { env_id: h.env.id.clone(), ..Default::default() }, Page::default()).await.unwrap();
+    let runs = h
+        .engine
+        .list_runs(RunFilter { env_id: h.env.id.clone(), ..Default::default() }, Page::default())
+        .await
+        .unwrap();
     assert!(runs.is_empty());
 }
 
@@ -422,12 +475,18 @@ async fn bad_trigger_input_is_refused_with_the_field_named_and_nothing_written()
 async fn metadata_operations_apply_in_order_to_the_run_its_parent_and_root() {
     let h = harness(vec![task("parent"), task("child")], vec![]).await;
     let parent = h
-        .trigger_with("parent", TriggerOptions { metadata: Some(r#"{"source":"api"}"#.into()), ..Default::default() })
+        .trigger_with(
+            "parent",
+            TriggerOptions { metadata: Some(r#"{"source":"api"}"#.into()), ..Default::default() },
+        )
         .await
         .run;
     h.claim_and_start(&parent.id).await;
     let child = h
-        .trigger_with("child", TriggerOptions { parent_run_id: Some(parent.id.clone()), ..Default::default() })
+        .trigger_with(
+            "child",
+            TriggerOptions { parent_run_id: Some(parent.id.clone()), ..Default::default() },
+        )
         .await
         .run;
     let update: MetadataUpdate = serde_json::from_value(json!({
@@ -442,7 +501,8 @@ async fn metadata_operations_apply_in_order_to_the_run_its_parent_and_root() {
     .unwrap();
     let own = h.engine.update_metadata(&h.env.id, &child.id, update).await.unwrap();
     assert_eq!(own, json!({"progress": 0.5, "processed": [1], "count": 1}));
-    let parent_meta: serde_json::Value = serde_json::from_str(h.run(&parent.id).await.metadata.as_deref().unwrap()).unwrap();
+    let parent_meta: serde_json::Value =
+        serde_json::from_str(h.run(&parent.id).await.metadata.as_deref().unwrap()).unwrap();
     assert_eq!(parent_meta, json!({"source": "api", "children": 1, "log": ["child ran"]}));
 
     let too_big = MetadataUpdate {
@@ -450,5 +510,9 @@ async fn metadata_operations_apply_in_order_to_the_run_its_parent_and_root() {
         ..Default::default()
     };
     assert!(matches!(h.engine.update_metadata(&h.env.id, &child.id, too_big).await, Err(Error::TooLarge(_))));
-    assert_eq!(h.run(&child.id).await.metadata.as_deref().map(|m| m.len() < 1000), Some(true), "a refused update changes nothing");
+    assert_eq!(
+        h.run(&child.id).await.metadata.as_deref().map(|m| m.len() < 1000),
+        Some(true),
+        "a refused update changes nothing"
+    );
 }

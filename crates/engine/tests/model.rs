@@ -4,7 +4,6 @@
 
 mod common;
 
-
 use common::*;
 use proptest::prelude::*;
 use serde_json::json;
@@ -12,7 +11,10 @@ use trigger_engine::*;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Trigger { keyed: Option<u8>, delay: bool },
+    Trigger {
+        keyed: Option<u8>,
+        delay: bool,
+    },
     Dequeue(u8),
     Start(u8),
     Heartbeat(u8),
@@ -137,7 +139,11 @@ async fn run_case(ops: Vec<Op>) {
                         } else {
                             Completion::failure(TaskRunError::string("boom"))
                         };
-                        match h.engine.complete_attempt(&h.env.id, &runs[i].0, &snapshot, completion, None).await {
+                        match h
+                            .engine
+                            .complete_attempt(&h.env.id, &runs[i].0, &snapshot, completion, None)
+                            .await
+                        {
                             Ok(outcome) => {
                                 runs[i].1.held = match outcome.status {
                                     AttemptStatus::RetryImmediately => Some(outcome.snapshot.id),

@@ -15,7 +15,11 @@ fn limited(name: &str, limit: u32) -> QueueManifest {
 
 #[tokio::test]
 async fn queue_key_and_environment_limits_are_never_exceeded() {
-    let h = harness(vec![on_queue("job", "q3"), on_queue("keyed", "k1")], vec![limited("q3", 3), limited("k1", 1)]).await;
+    let h = harness(
+        vec![on_queue("job", "q3"), on_queue("keyed", "k1")],
+        vec![limited("q3", 3), limited("k1", 1)],
+    )
+    .await;
     for _ in 0..10 {
         h.trigger("job").await;
     }
@@ -28,7 +32,8 @@ async fn queue_key_and_environment_limits_are_never_exceeded() {
 
     // Each concurrency key gets its own copy of the limit.
     for key in ["a", "a", "b", "b", "c"] {
-        h.trigger_with("keyed", TriggerOptions { concurrency_key: Some(key.into()), ..Default::default() }).await;
+        h.trigger_with("keyed", TriggerOptions { concurrency_key: Some(key.into()), ..Default::default() })
+            .await;
     }
     let claimed = h.dequeue(100).await;
     let mut keys: Vec<_> = claimed.iter().map(|d| d.run.concurrency_key.clone().unwrap()).collect();
@@ -55,7 +60,8 @@ async fn runs_start_in_priority_then_fifo_order() {
     let mut order = Vec::new();
     for (i, priority) in [0i64, 0, 5_000, 0, 20_000].into_iter().enumerate() {
         h.clock.advance(1_000);
-        let run = h.trigger_with("job", TriggerOptions { priority_ms: priority, ..Default::default() }).await.run;
+        let run =
+            h.trigger_with("job", TriggerOptions { priority_ms: priority, ..Default::default() }).await.run;
         order.push((i, run.id));
     }
     let mut started = Vec::new();
@@ -81,7 +87,8 @@ async fn paused_queues_keep_their_runs_until_resumed() {
 
 #[tokio::test]
 async fn a_parent_and_its_children_on_one_queue_with_limit_one_complete() {
-    let h = harness(vec![on_queue("parent", "solo"), on_queue("child", "solo")], vec![limited("solo", 1)]).await;
+    let h =
+        harness(vec![on_queue("parent", "solo"), on_queue("child", "solo")], vec![limited("solo", 1)]).await;
     let parent = h.trigger("parent").await;
     let snapshot = h.claim_and_start(&parent.id).await;
 
@@ -90,11 +97,18 @@ async fn a_parent_and_its_children_on_one_queue_with_limit_one_complete() {
         let child = h
             .trigger_with(
                 "child",
-                TriggerOptions { parent_run_id: Some(parent.id.clone()), resume_parent_on_completion: true, ..Default::default() },
+                TriggerOptions {
+                    parent_run_id: Some(parent.id.clone()),
+                    resume_parent_on_completion: true,
+                    ..Default::default()
+                },
             )
             .await
             .run;
-        assert_eq!(child.queue_timestamp, parent.queue_timestamp, "a waited-for child inherits its parent's place");
+        assert_eq!(
+            child.queue_timestamp, parent.queue_timestamp,
+            "a waited-for child inherits its parent's place"
+        );
         assert_eq!(h.run(&parent.id).await.status, RunStatus::Waiting);
         assert!(!h.engine.holds_slot(&parent.id).await.unwrap(), "a waiting parent gives its slot back");
         let child_snapshot = h.claim_and_start(&child.id).await;
@@ -104,7 +118,10 @@ async fn a_parent_and_its_children_on_one_queue_with_limit_one_complete() {
         assert_eq!(resumed.execution_status, ExecutionStatus::Executing, "the parent continues");
         assert_ne!(resumed.id, last);
         assert_eq!(resumed.completed_waitpoints.len(), 1);
-        assert_eq!(resumed.completed_waitpoints[0].output.as_deref(), Some(format!(r#"{{"i":{i}}}"#).as_str()));
+        assert_eq!(
+            resumed.completed_waitpoints[0].output.as_deref(),
+            Some(format!(r#"{{"i":{i}}}"#).as_str())
+        );
         assert!(h.engine.holds_slot(&parent.id).await.unwrap());
         last = resumed.id;
     }
@@ -114,7 +131,11 @@ async fn a_parent_and_its_children_on_one_queue_with_limit_one_complete() {
 
 #[tokio::test]
 async fn a_resuming_parent_waits_for_a_slot_and_goes_ahead_of_newer_work() {
-    let h = harness(vec![on_queue("parent", "solo"), on_queue("child", "solo"), on_queue("other", "solo")], vec![limited("solo", 1)]).await;
+    let h = harness(
+        vec![on_queue("parent", "solo"), on_queue("child", "solo"), on_queue("other", "solo")],
+        vec![limited("solo", 1)],
+    )
+    .await;
     let parent = h.trigger("parent").await;
     h.claim_and_start(&parent.id).await;
     let (token, _) = h.engine.create_token(&h.env.id, TokenOptions::default()).await.unwrap();
@@ -127,10 +148,18 @@ async fn a_resuming_parent_waits_for_a_slot_and_goes_ahead_of_newer_work() {
     let newer = h.trigger("other").await;
 
     h.engine.complete_token(Some(&h.env.id), &token.id, Packet::json(&json!(1))).await.unwrap();
-    assert_eq!(h.snapshot(&parent.id).await.execution_status, ExecutionStatus::QueuedExecuting, "no slot yet");
+    assert_eq!(
+        h.snapshot(&parent.id).await.execution_status,
+        ExecutionStatus::QueuedExecuting,
+        "no slot yet"
+    );
     h.succeed(&other.id, &other_snapshot, json!(null)).await;
     let resumed = h.snapshot(&parent.id).await;
-    assert_eq!(resumed.execution_status, ExecutionStatus::Executing, "the freed slot goes to the resuming parent");
+    assert_eq!(
+        resumed.execution_status,
+        ExecutionStatus::Executing,
+        "the freed slot goes to the resuming parent"
+    );
     assert_eq!(resumed.completed_waitpoints[0].id, token.id);
     assert!(h.dequeue(10).await.is_empty(), "the newer run still waits");
     h.succeed(&parent.id, &resumed.id, json!(null)).await;
@@ -170,10 +199,20 @@ async fn idempotency_keys_return_the_cached_run_except_when_expired_or_failed() 
     assert!(!h.trigger_with("once", keyed(None)).await.is_cached, "a reset key starts a new run");
 
     // The batch path follows the same rule.
-    let (batch, _) = h.engine.create_batch(&h.env.id, CreateBatch { expected_count: 2, ..Default::default() }).await.unwrap();
+    let (batch, _) = h
+        .engine
+        .create_batch(&h.env.id, CreateBatch { expected_count: 2, ..Default::default() })
+        .await
+        .unwrap();
     let items = vec![
         BatchItem { index: 0, request: request_with("once", keyed(None)) },
-        BatchItem { index: 1, request: request_with("once", TriggerOptions { idempotency_key: Some("k2".into()), ..Default::default() }) },
+        BatchItem {
+            index: 1,
+            request: request_with(
+                "once",
+                TriggerOptions { idempotency_key: Some("k2".into()), ..Default::default() },
+            ),
+        },
     ];
     let added = h.engine.add_batch_items(&h.env.id, &batch.id, items.clone()).await.unwrap();
     assert_eq!((added.accepted, added.deduplicated), (2, 0));
@@ -194,7 +233,12 @@ async fn batch_trigger_and_wait_resumes_the_parent_with_every_result_by_index() 
         .engine
         .create_batch(
             &h.env.id,
-            CreateBatch { expected_count: 3, parent_run_id: Some(parent.id.clone()), resume_parent_on_completion: true, ..Default::default() },
+            CreateBatch {
+                expected_count: 3,
+                parent_run_id: Some(parent.id.clone()),
+                resume_parent_on_completion: true,
+                ..Default::default()
+            },
         )
         .await
         .unwrap();
@@ -202,7 +246,11 @@ async fn batch_trigger_and_wait_resumes_the_parent_with_every_result_by_index() 
     let items: Vec<BatchItem> = (0..3)
         .map(|i| BatchItem {
             index: i,
-            request: TriggerRequest { task: "child".into(), payload: Packet::json(&json!({"i": i})), options: TriggerOptions::default() },
+            request: TriggerRequest {
+                task: "child".into(),
+                payload: Packet::json(&json!({"i": i})),
+                options: TriggerOptions::default(),
+            },
         })
         .collect();
     // Items may arrive in any order and in several requests.
@@ -234,7 +282,8 @@ async fn batch_trigger_and_wait_resumes_the_parent_with_every_result_by_index() 
     }
     let (batch, _) = h.engine.get_batch(&h.env.id, &batch.id).await.unwrap();
     assert_eq!(batch.completed_count, 3);
-    let too_many = h.engine.create_batch(&h.env.id, CreateBatch { expected_count: 1001, ..Default::default() }).await;
+    let too_many =
+        h.engine.create_batch(&h.env.id, CreateBatch { expected_count: 1001, ..Default::default() }).await;
     assert!(matches!(too_many, Err(Error::Invalid(_))));
 }
 
@@ -257,13 +306,21 @@ async fn machines_are_claimed_only_when_they_fit_the_workers_capacity() {
 #[tokio::test]
 async fn runs_wait_in_pending_version_until_their_queue_is_registered() {
     let h = harness(vec![task("t")], vec![]).await;
-    let run = h.trigger_with("t", TriggerOptions { queue: Some("later-queue".into()), ..Default::default() }).await.run;
+    let run = h
+        .trigger_with("t", TriggerOptions { queue: Some("later-queue".into()), ..Default::default() })
+        .await
+        .run;
     assert_eq!(run.status, RunStatus::PendingVersion);
     assert!(h.dequeue(10).await.is_empty());
     h.engine
         .register_worker(
             &h.env.id,
-            WorkerManifest { content_hash: "v2".into(), tasks: vec![task("t")], queues: vec![limited("later-queue", 1)], ..Default::default() },
+            WorkerManifest {
+                content_hash: "v2".into(),
+                tasks: vec![task("t")],
+                queues: vec![limited("later-queue", 1)],
+                ..Default::default()
+            },
         )
         .await
         .unwrap();
@@ -280,7 +337,9 @@ async fn one_claim_per_run_under_concurrent_dequeues() {
             .map(|i| {
                 let engine = h.engine.clone();
                 let env = h.env.id.clone();
-                tokio::spawn(async move { engine.dequeue(&env, DequeueRequest::new(format!("w{i}"), 1)).await.unwrap() })
+                tokio::spawn(async move {
+                    engine.dequeue(&env, DequeueRequest::new(format!("w{i}"), 1)).await.unwrap()
+                })
             })
             .collect();
         let mut winners = 0;

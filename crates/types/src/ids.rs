@@ -68,14 +68,25 @@ pub fn generate_at(prefix: &str, millis: u64) -> String {
 pub fn random_alphanumeric(len: usize) -> String {
     const CHARS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
     let mut rng = rand::thread_rng();
-    (0..len)
-        .map(|_| CHARS[(rng.next_u32() as usize) % CHARS.len()] as char)
-        .collect()
+    (0..len).map(|_| CHARS[(rng.next_u32() as usize) % CHARS.len()] as char).collect()
 }
 
 /// True when `id` looks like `<prefix>_<body>`.
 pub fn has_prefix(id: &str, prefix: &str) -> bool {
     id.len() > prefix.len() + 1 && id.starts_with(prefix) && id.as_bytes()[prefix.len()] == b'_'
+}
+
+/// Hex SHA-256 of a secret, the form in which keys are stored.
+pub fn sha256_hex(input: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(input.as_bytes()))
+}
+
+/// `proj_` + 20 lowercase letters.
+pub fn project_ref() -> String {
+    let mut rng = rand::thread_rng();
+    let letters: String = (0..20).map(|_| (b'a' + (rng.next_u32() % 26) as u8) as char).collect();
+    format!("proj_{letters}")
 }
 
 #[cfg(test)]
@@ -98,17 +109,4 @@ mod tests {
         assert!(has_prefix(&ids[0], RUN));
         assert!(!has_prefix("runx", RUN));
     }
-}
-
-/// Hex SHA-256 of a secret, the form in which keys are stored.
-pub fn sha256_hex(input: &str) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(input.as_bytes()))
-}
-
-/// `proj_` + 20 lowercase letters.
-pub fn project_ref() -> String {
-    let mut rng = rand::thread_rng();
-    let letters: String = (0..20).map(|_| (b'a' + (rng.next_u32() % 26) as u8) as char).collect();
-    format!("proj_{letters}")
 }

@@ -17,8 +17,8 @@
 
 pub mod duration;
 pub mod error;
-pub mod ids;
 pub mod idempotency;
+pub mod ids;
 pub mod machine;
 pub mod retry;
 pub mod status;

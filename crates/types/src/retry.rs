@@ -73,7 +73,13 @@ mod tests {
 
     #[test]
     fn backoff_follows_the_reference_formula() {
-        let p = RetryOptions { max_attempts: 5, factor: 2.0, min_timeout_in_ms: 1000, max_timeout_in_ms: 5000, randomize: false };
+        let p = RetryOptions {
+            max_attempts: 5,
+            factor: 2.0,
+            min_timeout_in_ms: 1000,
+            max_timeout_in_ms: 5000,
+            randomize: false,
+        };
         let delays: Vec<_> = (1..=5).map(|a| p.delay_for_attempt(a, 0.5)).collect();
         assert_eq!(delays, vec![Some(1000), Some(2000), Some(4000), Some(5000), None]);
         let r = RetryOptions { randomize: true, ..p };

@@ -197,7 +197,10 @@ mod tests {
             let json = serde_json::to_string(s).unwrap();
             assert_eq!(json, format!("\"{}\"", s.as_str()));
         }
-        assert_eq!(ExecutionStatus::parse("EXECUTING_WITH_WAITPOINTS"), Some(ExecutionStatus::ExecutingWithWaitpoints));
+        assert_eq!(
+            ExecutionStatus::parse("EXECUTING_WITH_WAITPOINTS"),
+            Some(ExecutionStatus::ExecutingWithWaitpoints)
+        );
         assert_eq!(RunStatus::parse("nope"), None);
         assert!(!RunStatus::Expired.is_completed_api() && RunStatus::Expired.is_final());
         assert!(RunStatus::Failed.releases_idempotency_key());

@@ -60,7 +60,12 @@ pub struct AttemptOutcome {
 }
 
 /// Starts the next attempt of a claimed run.
-pub(crate) fn start_attempt(txn: &mut Txn<'_>, env_id: &str, run_id: &str, snapshot_id: &str) -> Result<StartedAttempt> {
+pub(crate) fn start_attempt(
+    txn: &mut Txn<'_>,
+    env_id: &str,
+    run_id: &str,
+    snapshot_id: &str,
+) -> Result<StartedAttempt> {
     let mut run = txn.lock_run_in(env_id, run_id)?;
     txn.check_snapshot(&run, snapshot_id)?;
     if run.execution_status != ExecutionStatus::PendingExecuting {
@@ -114,7 +119,9 @@ pub(crate) fn complete_attempt(
                 run.id, run.execution_status
             )));
         }
-    } else if run.snapshot_id != snapshot_id && txn.tx.get_snapshot(snapshot_id)?.is_none_or(|s| s.run_id != run.id) {
+    } else if run.snapshot_id != snapshot_id
+        && txn.tx.get_snapshot(snapshot_id)?.is_none_or(|s| s.run_id != run.id)
+    {
         txn.check_snapshot(&run, snapshot_id)?;
     }
     if let Some(update) = flushed_metadata {
@@ -147,7 +154,12 @@ pub(crate) fn complete_attempt(
     }
 }
 
-fn outcome(txn: &mut Txn<'_>, run: Run, status: AttemptStatus, retry_at: Option<Millis>) -> Result<AttemptOutcome> {
+fn outcome(
+    txn: &mut Txn<'_>,
+    run: Run,
+    status: AttemptStatus,
+    retry_at: Option<Millis>,
+) -> Result<AttemptOutcome> {
     let snapshot = txn
         .tx
         .get_snapshot(&run.snapshot_id)?
@@ -202,7 +214,12 @@ pub(crate) fn fail_attempt(
         run.status = RunStatus::Executing;
         txn.snapshot(run, ExecutionStatus::PendingExecuting, "retrying immediately", Vec::new())?;
         let (id, snapshot) = (run.id.clone(), run.snapshot_id.clone());
-        txn.set_timer(TimerKind::Heartbeat, &id, &snapshot, retry_at + txn.config.heartbeat.pending_executing)?;
+        txn.set_timer(
+            TimerKind::Heartbeat,
+            &id,
+            &snapshot,
+            retry_at + txn.config.heartbeat.pending_executing,
+        )?;
         txn.save_run(run)?;
         outcome(txn, run.clone(), AttemptStatus::RetryImmediately, Some(retry_at))
     } else {
@@ -228,10 +245,8 @@ pub(crate) fn finish_run(
     error: Option<TaskRunError>,
 ) -> Result<()> {
     debug_assert!(status.is_final());
-    let was_queued = matches!(
-        run.execution_status,
-        ExecutionStatus::Queued | ExecutionStatus::QueuedExecuting
-    );
+    let was_queued =
+        matches!(run.execution_status, ExecutionStatus::Queued | ExecutionStatus::QueuedExecuting);
     if was_queued {
         txn.tx.dequeue_entry(&run.id)?;
     }
@@ -270,10 +285,8 @@ pub(crate) fn finish_run(
 /// TTL expiry: a run never dequeued within its TTL ends `EXPIRED`.
 pub(crate) fn expire(txn: &mut Txn<'_>, run: &mut Run) -> Result<()> {
     let ttl = run.ttl_ms.unwrap_or(0);
-    let error = TaskRunError::string(format!(
-        "Run expired because the TTL ({}) was reached",
-        human_duration(ttl)
-    ));
+    let error =
+        TaskRunError::string(format!("Run expired because the TTL ({}) was reached", human_duration(ttl)));
     finish_run(txn, run, RunStatus::Expired, None, Some(error))
 }
 
@@ -292,7 +305,10 @@ pub(crate) fn heartbeat(txn: &mut Txn<'_>, env_id: &str, run_id: &str, snapshot_
     let run = txn.lock_run_in(env_id, run_id)?;
     txn.check_snapshot(&run, snapshot_id)?;
     if !run.execution_status.has_worker() {
-        return Err(Error::InvalidState(format!("run {} is {} and has no lease", run.id, run.execution_status)));
+        return Err(Error::InvalidState(format!(
+            "run {} is {} and has no lease",
+            run.id, run.execution_status
+        )));
     }
     if run.execution_status == ExecutionStatus::PendingExecuting {
         // Keep a retry's delay covered: never move the lease earlier.

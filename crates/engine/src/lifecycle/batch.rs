@@ -95,7 +95,12 @@ pub(crate) fn create_batch(txn: &mut Txn<'_>, env_id: &str, req: &CreateBatch) -
 
 /// Adds items; an index already present is skipped (a retried stream changes nothing). An
 /// item that cannot be triggered is recorded as the batch's error for that index.
-pub(crate) fn add_items(txn: &mut Txn<'_>, env_id: &str, batch_id: &str, items: &[BatchItem]) -> Result<ItemsAdded> {
+pub(crate) fn add_items(
+    txn: &mut Txn<'_>,
+    env_id: &str,
+    batch_id: &str,
+    items: &[BatchItem],
+) -> Result<ItemsAdded> {
     let mut batch = match txn.tx.lock_batch(batch_id)? {
         Some(b) if b.env_id == env_id => b,
         _ => return Err(not_found("Batch", batch_id)),
@@ -154,7 +159,8 @@ pub(crate) fn add_items(txn: &mut Txn<'_>, env_id: &str, batch_id: &str, items: 
     let filled = batch.run_count + batch.errors.len() as u32;
     if filled >= batch.expected_count && !batch.sealed {
         batch.sealed = true;
-        batch.status = if batch.errors.is_empty() { BatchStatus::Completed } else { BatchStatus::PartialFailed };
+        batch.status =
+            if batch.errors.is_empty() { BatchStatus::Completed } else { BatchStatus::PartialFailed };
         batch.completed_at = Some(txn.now);
     } else if !batch.sealed && filled > 0 {
         batch.status = BatchStatus::Processing;

@@ -76,7 +76,8 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
             }
             let limit = sub.limit.unwrap_or(env_limit).min(env_limit);
             let free = limit.saturating_sub(sub.running).min(env_limit - env_running);
-            let entries = txn.tx.peek_subqueue(env_id, &sub.queue, &sub.concurrency_key, free.min(want.max(1)))?;
+            let entries =
+                txn.tx.peek_subqueue(env_id, &sub.queue, &sub.concurrency_key, free.min(want.max(1)))?;
             for entry in entries {
                 let mut run = txn.lock_run(&entry.run_id)?;
                 if entry.resume {
@@ -110,7 +111,12 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
                 memory -= machine.memory();
                 lock_to_task(&mut run, &worker, &task, machine, &req.worker_instance);
                 run.status = RunStatus::Dequeued;
-                let snapshot = txn.snapshot(&mut run, ExecutionStatus::PendingExecuting, "run was dequeued", Vec::new())?;
+                let snapshot = txn.snapshot(
+                    &mut run,
+                    ExecutionStatus::PendingExecuting,
+                    "run was dequeued",
+                    Vec::new(),
+                )?;
                 txn.clear_timer(TimerKind::Expire, &run.id)?;
                 txn.arm_heartbeat(&run)?;
                 txn.save_run(&mut run)?;
@@ -126,7 +132,13 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
 }
 
 /// At dequeue a run takes its settings from the task definition of the version it runs on.
-fn lock_to_task(run: &mut Run, worker: &WorkerVersion, task: &TaskDef, machine: MachinePreset, instance: &str) {
+fn lock_to_task(
+    run: &mut Run,
+    worker: &WorkerVersion,
+    task: &TaskDef,
+    machine: MachinePreset,
+    instance: &str,
+) {
     run.worker_id = Some(worker.id.clone());
     run.worker_instance = Some(instance.to_string());
     run.machine = Some(machine);
@@ -142,6 +154,12 @@ impl DequeueRequest {
     /// A request for up to `max_runs` runs on the newest worker version, with no cpu or
     /// memory bound.
     pub fn new(worker_instance: impl Into<String>, max_runs: u32) -> Self {
-        DequeueRequest { worker_instance: worker_instance.into(), worker_id: None, max_runs, cpu: None, memory: None }
+        DequeueRequest {
+            worker_instance: worker_instance.into(),
+            worker_id: None,
+            max_runs,
+            cpu: None,
+            memory: None,
+        }
     }
 }

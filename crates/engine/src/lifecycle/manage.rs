@@ -25,7 +25,12 @@ pub struct ReplayOverrides {
 
 /// A new run of the same task with the old run's payload and options, on the newest
 /// version. It has no idempotency key and no parent.
-pub(crate) fn replay(txn: &mut Txn<'_>, env_id: &str, run_id: &str, o: &ReplayOverrides) -> Result<Triggered> {
+pub(crate) fn replay(
+    txn: &mut Txn<'_>,
+    env_id: &str,
+    run_id: &str,
+    o: &ReplayOverrides,
+) -> Result<Triggered> {
     let old = txn.lock_run_in(env_id, run_id)?;
     let payload = match &o.payload {
         Some(p) => p.clone(),
@@ -61,7 +66,10 @@ pub(crate) fn replay(txn: &mut Txn<'_>, env_id: &str, run_id: &str, o: &ReplayOv
 pub(crate) fn reschedule(txn: &mut Txn<'_>, env_id: &str, run_id: &str, delay_until: Millis) -> Result<Run> {
     let mut run = txn.lock_run_in(env_id, run_id)?;
     if run.status != RunStatus::Delayed || run.execution_status != ExecutionStatus::Delayed {
-        return Err(Error::InvalidState(format!("Cannot reschedule a run that is not delayed (it is {})", run.status)));
+        return Err(Error::InvalidState(format!(
+            "Cannot reschedule a run that is not delayed (it is {})",
+            run.status
+        )));
     }
     run.delay_until = Some(delay_until);
     let id = run.id.clone();
@@ -76,7 +84,10 @@ pub(crate) fn add_tags(txn: &mut Txn<'_>, env_id: &str, run_id: &str, tags: &[St
     let mut merged = run.tags.clone();
     for tag in tags {
         if tag.is_empty() || tag.len() > limits::TAG_LENGTH {
-            return Err(Error::Invalid(format!("tags: each tag must be 1 to {} characters", limits::TAG_LENGTH)));
+            return Err(Error::Invalid(format!(
+                "tags: each tag must be 1 to {} characters",
+                limits::TAG_LENGTH
+            )));
         }
         if !merged.contains(tag) {
             merged.push(tag.clone());

@@ -14,15 +14,31 @@ use crate::txn::Txn;
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum MetadataOp {
     /// Replace the whole object.
-    Update { value: Value },
-    Set { key: String, value: Value },
-    Delete { key: String },
+    Update {
+        value: Value,
+    },
+    Set {
+        key: String,
+        value: Value,
+    },
+    Delete {
+        key: String,
+    },
     /// Append to an array (a missing key becomes an array; a scalar becomes `[old, new]`).
-    Append { key: String, value: Value },
+    Append {
+        key: String,
+        value: Value,
+    },
     /// Remove every element equal to `value` from an array.
-    Remove { key: String, value: Value },
+    Remove {
+        key: String,
+        value: Value,
+    },
     /// Add to a number (decrement is a negative increment).
-    Increment { key: String, value: f64 },
+    Increment {
+        key: String,
+        value: f64,
+    },
 }
 
 /// A metadata flush (`FlushedRunMetadata`).
@@ -53,7 +69,9 @@ pub fn apply_ops(metadata: &mut Value, ops: &[MetadataOp]) -> Result<()> {
                 }
                 *metadata = value.clone();
             }
-            MetadataOp::Set { key, value } => *slot(metadata, key, true)?.ok_or_else(|| bad_path(key))? = value.clone(),
+            MetadataOp::Set { key, value } => {
+                *slot(metadata, key, true)?.ok_or_else(|| bad_path(key))? = value.clone()
+            }
             MetadataOp::Delete { key } => delete(metadata, key)?,
             MetadataOp::Append { key, value } => {
                 let target = slot(metadata, key, true)?.ok_or_else(|| bad_path(key))?;

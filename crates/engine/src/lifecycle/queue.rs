@@ -126,11 +126,8 @@ pub(crate) fn pump_resumes(txn: &mut Txn<'_>, env_id: &str, queue: &str, key: &s
 /// waitpoints that completed while it waited.
 pub(crate) fn promote(txn: &mut Txn<'_>, run: &mut Run) -> Result<()> {
     acquire(txn, run)?;
-    let carried: Vec<CompletedWaitpoint> = txn
-        .tx
-        .get_snapshot(&run.snapshot_id)?
-        .map(|s| s.completed_waitpoints)
-        .unwrap_or_default();
+    let carried: Vec<CompletedWaitpoint> =
+        txn.tx.get_snapshot(&run.snapshot_id)?.map(|s| s.completed_waitpoints).unwrap_or_default();
     run.status = RunStatus::Executing;
     txn.snapshot(run, ExecutionStatus::Executing, "concurrency slot acquired, continuing", carried)?;
     txn.arm_heartbeat(run)?;

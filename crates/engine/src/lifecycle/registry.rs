@@ -78,7 +78,11 @@ pub fn sanitize_queue_name(name: &str) -> String {
 /// Registers a worker version. Registering the same content again returns the existing
 /// version. Queues are created or updated, and runs waiting for a version
 /// (`PENDING_VERSION`) whose task and queue now exist are queued.
-pub(crate) fn register_worker(txn: &mut Txn<'_>, env_id: &str, manifest: &WorkerManifest) -> Result<WorkerVersion> {
+pub(crate) fn register_worker(
+    txn: &mut Txn<'_>,
+    env_id: &str,
+    manifest: &WorkerManifest,
+) -> Result<WorkerVersion> {
     environment(txn, env_id)?;
     let mut queues: Vec<(String, Option<u32>, bool)> = Vec::new();
     for q in &manifest.queues {
@@ -235,6 +239,26 @@ pub(crate) fn resolve_task(
     Err(Error::NotFound(format!("Task not found: {slug}")))
 }
 
+impl TaskManifest {
+    /// A task with defaults: its own `task/<slug>` queue, no retry policy, the default machine.
+    pub fn new(slug: impl Into<String>) -> Self {
+        let slug = slug.into();
+        TaskManifest {
+            file_path: format!("src/{slug}.rs"),
+            slug,
+            export_name: None,
+            description: None,
+            queue_name: None,
+            queue_concurrency_limit: None,
+            retry: None,
+            machine: None,
+            max_duration_secs: None,
+            ttl_ms: None,
+            payload_schema: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,25 +280,5 @@ mod tests {
         assert_eq!(next_version(Some(&prev), 1_738_972_800_000), "20250208.4");
         assert_eq!(next_version(Some(&prev), 1_739_059_200_000), "20250209.1");
         assert_eq!(sanitize_queue_name("my queue!/a"), "myqueue/a");
-    }
-}
-
-impl TaskManifest {
-    /// A task with defaults: its own `task/<slug>` queue, no retry policy, the default machine.
-    pub fn new(slug: impl Into<String>) -> Self {
-        let slug = slug.into();
-        TaskManifest {
-            file_path: format!("src/{slug}.rs"),
-            slug,
-            export_name: None,
-            description: None,
-            queue_name: None,
-            queue_concurrency_limit: None,
-            retry: None,
-            machine: None,
-            max_duration_secs: None,
-            ttl_ms: None,
-            payload_schema: None,
-        }
     }
 }

@@ -31,7 +31,12 @@ pub(crate) fn fire(txn: &mut Txn<'_>, timer: &Timer) -> Result<()> {
                 queue::enqueue(txn, &mut run, "delay elapsed")?;
             } else {
                 run.status = RunStatus::PendingVersion;
-                txn.snapshot(&mut run, ExecutionStatus::PendingVersion, "waiting for a version with its queue", Vec::new())?;
+                txn.snapshot(
+                    &mut run,
+                    ExecutionStatus::PendingVersion,
+                    "waiting for a version with its queue",
+                    Vec::new(),
+                )?;
             }
             txn.save_run(&mut run)
         }

@@ -76,10 +76,18 @@ pub(crate) fn validate(req: &TriggerRequest) -> Result<()> {
         )));
     }
     if o.tags.len() > limits::TAGS {
-        return Err(Error::Invalid(format!("tags: at most {} tags per run, got {}", limits::TAGS, o.tags.len())));
+        return Err(Error::Invalid(format!(
+            "tags: at most {} tags per run, got {}",
+            limits::TAGS,
+            o.tags.len()
+        )));
     }
     if let Some(tag) = o.tags.iter().find(|t| t.is_empty() || t.len() > limits::TAG_LENGTH) {
-        return Err(Error::Invalid(format!("tags: each tag must be 1 to {} characters, got {:?}", limits::TAG_LENGTH, tag)));
+        return Err(Error::Invalid(format!(
+            "tags: each tag must be 1 to {} characters, got {:?}",
+            limits::TAG_LENGTH,
+            tag
+        )));
     }
     if let Some(m) = &o.metadata {
         if m.len() > limits::METADATA {
@@ -90,7 +98,8 @@ pub(crate) fn validate(req: &TriggerRequest) -> Result<()> {
             )));
         }
         if o.metadata_type.as_deref().unwrap_or("application/json").contains("json") {
-            serde_json::from_str::<Value>(m).map_err(|e| Error::Invalid(format!("metadata: not valid JSON: {e}")))?;
+            serde_json::from_str::<Value>(m)
+                .map_err(|e| Error::Invalid(format!("metadata: not valid JSON: {e}")))?;
         }
     }
     if let Some(key) = &o.idempotency_key {
@@ -246,7 +255,12 @@ pub(crate) fn trigger(
         txn.set_timer(TimerKind::EnqueueDelayed, &id, "", at)?;
     } else if !queue_exists {
         run.status = RunStatus::PendingVersion;
-        txn.snapshot(&mut run, ExecutionStatus::PendingVersion, "waiting for a version with its queue", Vec::new())?;
+        txn.snapshot(
+            &mut run,
+            ExecutionStatus::PendingVersion,
+            "waiting for a version with its queue",
+            Vec::new(),
+        )?;
     } else {
         queue::enqueue(txn, &mut run, "run was triggered")?;
     }

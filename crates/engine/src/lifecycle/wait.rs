@@ -59,7 +59,8 @@ pub(crate) fn run_result(txn: &mut Txn<'_>, run: &Run) -> Result<(Packet, bool)>
     if run.status == RunStatus::Completed {
         Ok((txn.tx.get_output(&run.id)?.unwrap_or_default(), false))
     } else {
-        let error = run.error.clone().unwrap_or_else(|| trigger_types::TaskRunError::string(run.status.as_str()));
+        let error =
+            run.error.clone().unwrap_or_else(|| trigger_types::TaskRunError::string(run.status.as_str()));
         let json = serde_json::to_value(&error).unwrap_or_default();
         Ok((Packet::json(&json), true))
     }
@@ -69,7 +70,8 @@ pub(crate) fn run_result(txn: &mut Txn<'_>, run: &Run) -> Result<(Packet, bool)>
 /// concurrency slot back (`EXECUTING_WITH_WAITPOINTS`, status `WAITING`); a run whose
 /// waitpoints are all complete continues at once.
 pub(crate) fn block_run(txn: &mut Txn<'_>, run: &mut Run, on: &[BlockOn]) -> Result<()> {
-    if !matches!(run.execution_status, ExecutionStatus::Executing | ExecutionStatus::ExecutingWithWaitpoints) {
+    if !matches!(run.execution_status, ExecutionStatus::Executing | ExecutionStatus::ExecutingWithWaitpoints)
+    {
         return Err(Error::InvalidState(format!(
             "run {} is {} and cannot wait",
             run.id, run.execution_status
@@ -137,7 +139,12 @@ fn take_completed(txn: &mut Txn<'_>, run_id: &str) -> Result<Vec<CompletedWaitpo
 
 /// Completes a waitpoint and continues every run it was the last blocker of. Completing a
 /// completed waitpoint changes nothing and returns false.
-pub(crate) fn complete_waitpoint(txn: &mut Txn<'_>, wp: &mut Waitpoint, output: Packet, is_error: bool) -> Result<bool> {
+pub(crate) fn complete_waitpoint(
+    txn: &mut Txn<'_>,
+    wp: &mut Waitpoint,
+    output: Packet,
+    is_error: bool,
+) -> Result<bool> {
     if wp.status == WaitpointStatus::Completed {
         return Ok(false);
     }
@@ -173,7 +180,12 @@ pub(crate) fn continue_if_unblocked(txn: &mut Txn<'_>, run_id: &str) -> Result<(
         run.status = RunStatus::Executing;
         txn.snapshot(&mut run, ExecutionStatus::Executing, "waitpoints completed", completed)?;
     } else {
-        txn.snapshot(&mut run, ExecutionStatus::QueuedExecuting, "waitpoints completed, waiting for a concurrency slot", completed)?;
+        txn.snapshot(
+            &mut run,
+            ExecutionStatus::QueuedExecuting,
+            "waitpoints completed, waiting for a concurrency slot",
+            completed,
+        )?;
         let entry: ReadyEntry = queue::ready_entry(&run, true);
         txn.tx.enqueue(&entry)?;
         txn.work_available(&run.env_id);
@@ -249,7 +261,11 @@ pub struct TokenOptions {
 }
 
 /// `wait.createToken`: a `MANUAL` waitpoint, completed through the API or by its timeout.
-pub(crate) fn create_token(txn: &mut Txn<'_>, env_id: &str, opts: &TokenOptions) -> Result<(Waitpoint, bool)> {
+pub(crate) fn create_token(
+    txn: &mut Txn<'_>,
+    env_id: &str,
+    opts: &TokenOptions,
+) -> Result<(Waitpoint, bool)> {
     crate::lifecycle::registry::environment(txn, env_id)?;
     if opts.tags.len() > crate::config::limits::TAGS {
         return Err(Error::Invalid(format!("tags: at most {} tags per token", crate::config::limits::TAGS)));
@@ -266,8 +282,9 @@ pub(crate) fn create_token(txn: &mut Txn<'_>, env_id: &str, opts: &TokenOptions)
     if let Some(key) = &opts.idempotency_key {
         wp.idempotency_key = Some(key.clone());
         wp.user_provided_key = true;
-        wp.idempotency_key_expires_at =
-            Some(txn.now + opts.idempotency_key_ttl_ms.unwrap_or(txn.config.default_idempotency_ttl_ms) as i64);
+        wp.idempotency_key_expires_at = Some(
+            txn.now + opts.idempotency_key_ttl_ms.unwrap_or(txn.config.default_idempotency_ttl_ms) as i64,
+        );
     }
     txn.tx.insert_waitpoint(&wp)?;
     if let Some(at) = opts.timeout_at {
@@ -299,7 +316,12 @@ pub(crate) fn wait_for_token(
 
 /// `wait.completeToken`: completes a token of the environment with data. Completing a
 /// completed token changes nothing.
-pub(crate) fn complete_token(txn: &mut Txn<'_>, env_id: Option<&str>, waitpoint_id: &str, data: Packet) -> Result<Waitpoint> {
+pub(crate) fn complete_token(
+    txn: &mut Txn<'_>,
+    env_id: Option<&str>,
+    waitpoint_id: &str,
+    data: Packet,
+) -> Result<Waitpoint> {
     let mut wp = match txn.tx.lock_waitpoint(waitpoint_id)? {
         Some(wp) if env_id.is_none_or(|e| e == wp.env_id) => wp,
         _ => return Err(not_found("Waitpoint", waitpoint_id)),
