@@ -1,0 +1,170 @@
+//! The trigger.rs HTTP server: Trigger.dev v4's wire protocol over the run engine, so the
+//! official `@trigger.dev/sdk` and `trigger.dev` CLI work against it unchanged, and Rust
+//! workers use the same endpoints.
+//!
+//! - **Management API** (`/api/…`): trigger, two-phase batches, runs, metadata, tags,
+//!   idempotency keys, waitpoint tokens — what the SDK calls from a backend or a task.
+//! - **Engine API** (`/engine/…`): dequeue (long poll), attempts, heartbeats, snapshots,
+//!   waits, and an SSE push channel of snapshot changes for workers.
+//! - **CLI routes**: `whoami`, an environment's key, env vars, worker registration.
+//! - **OTLP sink** (`/otel/v1/{logs,traces,metrics}`): log records and spans become run
+//!   events.
+//!
+//! Every route is classified in one table ([`routes::table`]): public, environment key, or
+//! personal access token. Errors are `{ "error": "…" }` with the status the SDK expects
+//! ([`Error`]).
+//!
+//! # Quick start
+//!
+//! Build the router over an engine and call it in-process:
+//!
+//! ```
+//! use axum::body::Body;
+//! use axum::http::Request;
+//! use tower::ServiceExt;
+//! use trigger_engine::{Engine, EngineOptions};
+//! use trigger_server::{app, AppState};
+//! use trigger_storage_sqlite::SqliteStore;
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let engine = Engine::start(SqliteStore::memory().unwrap(), EngineOptions::default());
+//! let router = app(AppState::new(engine, "http://localhost:3030"));
+//! let response = router
+//!     .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+//!     .await
+//!     .unwrap();
+//! assert_eq!(response.status(), 200);
+//! # });
+//! ```
+//!
+//! Or run the whole server, bootstrapped with a default project and a dev key:
+//!
+//! ```no_run
+//! use trigger_server::{serve, Database, ServeOptions};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = serve(ServeOptions {
+//!     database: Database::Sqlite("trigger.db".into()),
+//!     ..ServeOptions::default()
+//! })
+//! .await?;
+//! if let Some(key) = &server.bootstrap().dev_key {
+//!     println!("TRIGGER_SECRET_KEY={key}");
+//! }
+//! server.wait().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Router;
+use tokio::sync::watch;
+use trigger_engine::{ApiKey, Engine};
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod routes;
+mod serve;
+pub mod wire;
+
+pub use error::{Error, Result};
+pub use serve::{serve, Bootstrap, Database, ServeError, ServeOptions, Server};
+
+/// What every handler shares: the engine, the public base URL, the auth cache.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    engine: Engine,
+    base_url: String,
+    auth: auth::AuthCache,
+    /// Plain-text secret keys this process created, by environment, for the CLI's
+    /// `projects/{ref}/{env}` call. Memory only: keys are stored hashed.
+    cli_keys: Mutex<HashMap<String, String>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("base_url", &self.inner.base_url).finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// State over an engine; `base_url` is the URL clients reach this server at (used in
+    /// callback URLs, env vars and the CLI's `apiUrl`).
+    pub fn new(engine: Engine, base_url: impl Into<String>) -> AppState {
+        AppState {
+            inner: Arc::new(Shared {
+                engine,
+                base_url: base_url.into().trim_end_matches('/').to_string(),
+                auth: auth::AuthCache::default(),
+                cli_keys: Mutex::new(HashMap::new()),
+                shutdown: watch::channel(false).0,
+            }),
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// The public base URL, without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.inner.base_url
+    }
+
+    pub fn auth_cache(&self) -> &auth::AuthCache {
+        &self.inner.auth
+    }
+
+    /// Remembers (in memory only) a secret key's plain text, so the CLI can be handed it.
+    pub fn remember_secret_key(&self, env_id: &str, plain: &str) {
+        let mut keys = self.inner.cli_keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.insert(env_id.to_string(), plain.to_string());
+    }
+
+    pub(crate) fn remembered_secret_key(&self, env_id: &str) -> Option<String> {
+        let keys = self.inner.cli_keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.get(env_id).cloned()
+    }
+
+    /// Revokes a key and drops it from the auth cache, so it stops working at once.
+    pub async fn revoke_api_key(&self, id: &str) -> Result<ApiKey> {
+        let key = self.engine().revoke_api_key(id).await?;
+        self.auth_cache().invalidate_key(id);
+        let mut keys = self.inner.cli_keys.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(env) = &key.env_id {
+            keys.remove(env);
+        }
+        Ok(key)
+    }
+
+    /// Ends long polls and event streams, so a graceful shutdown can drain.
+    pub fn begin_shutdown(&self) {
+        let _ = self.inner.shutdown.send(true);
+    }
+
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.inner.shutdown.subscribe()
+    }
+}
+
+/// The server's router over a state.
+pub fn app(state: AppState) -> Router {
+    routes::router(&state)
+        .fallback(|| async { Error::NotFound("No such route".into()) })
+        .method_not_allowed_fallback(|| async {
+            (StatusCode::METHOD_NOT_ALLOWED, axum::Json(serde_json::json!({ "error": "Method not allowed" })))
+                .into_response()
+        })
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
