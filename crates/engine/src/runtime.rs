@@ -176,11 +176,18 @@ fn writer_loop(
             }
         }
         let mut attempt = 0;
+        // Most batches succeed whole: try without savepoints first, and only when a command
+        // fails roll everything back and apply the batch again with one savepoint each.
+        let mut careful = false;
         loop {
             attempt += 1;
             let mut effects = Vec::new();
-            let outcome = run_batch(store.as_mut(), &mut batch, clock.now(), &config, &mut effects);
+            let outcome = run_batch(store.as_mut(), &mut batch, clock.now(), &config, &mut effects, careful);
             match outcome {
+                Ok(false) => {
+                    careful = true;
+                    continue;
+                }
                 Err(e) if e.kind == ErrorKind::Conflict && attempt < MAX_TX_RETRIES => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, commands = batch.len(), "engine transaction failed");
@@ -188,7 +195,7 @@ fn writer_loop(
                         command.finish(Err(e.clone()));
                     }
                 }
-                Ok(()) => {
+                Ok(true) => {
                     for command in batch {
                         command.finish(Ok(()));
                     }
@@ -200,15 +207,25 @@ fn writer_loop(
     }
 }
 
+/// Applies a batch in one transaction. Without `careful`, a failing command aborts the
+/// whole attempt (returns `Ok(false)`, nothing committed); with it, each command runs behind
+/// a savepoint and a failing one is rolled back alone.
 fn run_batch(
     store: &mut dyn Store,
     batch: &mut [Box<dyn Command>],
     now: Millis,
     config: &Config,
     effects: &mut Vec<Effect>,
-) -> std::result::Result<(), StorageError> {
+    careful: bool,
+) -> std::result::Result<bool, StorageError> {
     let mut tx = store.begin()?;
     for command in batch.iter_mut() {
+        if !careful {
+            if command.apply(&mut Txn { tx: tx.as_mut(), now, config, effects }) != Applied::Ok {
+                return Ok(false);
+            }
+            continue;
+        }
         tx.savepoint()?;
         let mark = effects.len();
         let mut applied = command.apply(&mut Txn { tx: tx.as_mut(), now, config, effects });
@@ -227,5 +244,6 @@ fn run_batch(
             effects.truncate(mark);
         }
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(true)
 }
