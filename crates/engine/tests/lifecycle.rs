@@ -516,3 +516,78 @@ async fn metadata_operations_apply_in_order_to_the_run_its_parent_and_root() {
         "a refused update changes nothing"
     );
 }
+
+#[tokio::test]
+async fn replay_creates_a_new_run_from_the_old_payload_and_options() {
+    let h =
+        harness(vec![task("t")], vec![QueueManifest { name: "named".into(), concurrency_limit: Some(2) }])
+            .await;
+    let original = h
+        .trigger_with(
+            "t",
+            TriggerOptions {
+                queue: Some("named".into()),
+                tags: vec!["a".into()],
+                concurrency_key: Some("ck".into()),
+                idempotency_key: Some("only-once".into()),
+                max_attempts: Some(4),
+                ..Default::default()
+            },
+        )
+        .await
+        .run;
+    let replayed = h.engine.replay(&h.env.id, &original.id, ReplayOverrides::default()).await.unwrap();
+    assert!(!replayed.is_cached);
+    let run = replayed.run;
+    assert_ne!(run.id, original.id);
+    assert_eq!(run.replayed_from.as_deref(), Some(original.id.as_str()));
+    assert_eq!((run.queue.as_str(), run.concurrency_key.as_deref()), ("named", Some("ck")));
+    assert_eq!(run.tags, vec!["a".to_string()]);
+    assert_eq!(run.max_attempts, Some(4));
+    assert_eq!(run.idempotency_key, None, "a replay is not deduplicated");
+    let payload = h.engine.get_run(&h.env.id, &run.id).await.unwrap().payload;
+    assert_eq!(payload.data.as_deref(), Some(r#"{"n":1}"#));
+
+    let edited = ReplayOverrides { payload: Some(Packet::json(&json!({"n": 2}))), ..Default::default() };
+    let run = h.engine.replay(&h.env.id, &original.id, edited).await.unwrap().run;
+    let payload = h.engine.get_run(&h.env.id, &run.id).await.unwrap().payload;
+    assert_eq!(payload.data.as_deref(), Some(r#"{"n":2}"#));
+}
+
+#[tokio::test]
+async fn run_events_are_stored_in_order_and_scoped_to_the_environment() {
+    let h = harness(vec![task("t")], vec![]).await;
+    let run = h.trigger("t").await;
+    let event = |message: &str, level: &str, t: i64| RunEvent {
+        seq: 0,
+        run_id: String::new(),
+        kind: "log".into(),
+        level: level.into(),
+        message: message.into(),
+        attributes: json!({"itemId": 1}),
+        trace_id: None,
+        span_id: None,
+        parent_span_id: None,
+        start_time_ns: t,
+        duration_ns: 0,
+        attempt_number: Some(1),
+    };
+    h.engine
+        .record_events(
+            &h.env.id,
+            &run.id,
+            vec![event("Task started", "info", 1), event("Item processed", "info", 2)],
+        )
+        .await
+        .unwrap();
+    h.engine.record_events(&h.env.id, &run.id, vec![event("Task failed", "error", 3)]).await.unwrap();
+    let events = h.engine.list_events(&h.env.id, &run.id, 0, 100).await.unwrap();
+    let messages: Vec<_> = events.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(messages, vec!["Task started", "Item processed", "Task failed"]);
+    assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert!(events.iter().all(|e| e.run_id == run.id));
+    let after = h.engine.list_events(&h.env.id, &run.id, events[0].seq, 100).await.unwrap();
+    assert_eq!(after.len(), 2);
+    let other = h.engine.create_environment("proj_test", EnvironmentType::Staging, None).await.unwrap();
+    assert!(matches!(h.engine.list_events(&other.id, &run.id, 0, 10).await, Err(Error::NotFound(_))));
+}
