@@ -336,13 +336,16 @@ pub async fn snapshots_since(
 
 /// The CLI's debug lines: logged here at debug level, not stored.
 pub async fn debug_log(
+    State(state): State<AppState>,
     caller: EnvCaller,
     Path(run_id): Path<String>,
     OptionalJson(body): OptionalJson<Value>,
-) -> JsonResponse<Value> {
+) -> Result<JsonResponse<Value>> {
+    // Only for runs of the caller's environment, like every other run route.
+    state.engine().latest_snapshot(&caller.env.id, &run_id).await?;
     let message = body.as_ref().and_then(|b| b.get("message")).and_then(Value::as_str).unwrap_or("");
     tracing::debug!(env = %caller.env.id, run = %run_id, message, "worker debug log");
-    JsonResponse(json!({}))
+    Ok(JsonResponse(json!({})))
 }
 
 #[derive(Debug, Deserialize)]
