@@ -1,0 +1,48 @@
+//! `trigger serve`: the production server.
+
+use anyhow::Result;
+use trigger_server::ServeOptions;
+
+use crate::config;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Database: `sqlite:PATH` (default `sqlite:trigger.db`) or `memory`.
+    #[arg(long, env = "TRIGGER_DATABASE_URL", default_value = "sqlite:trigger.db")]
+    database_url: String,
+    /// Address to listen on.
+    #[arg(long, env = "TRIGGER_HOST", default_value = "0.0.0.0")]
+    host: String,
+    /// Port to listen on.
+    #[arg(long, env = "TRIGGER_PORT", default_value_t = 3030)]
+    port: u16,
+    /// The URL clients and workers reach this server at.
+    #[arg(long, env = "TRIGGER_PUBLIC_URL")]
+    public_url: Option<String>,
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    super::init_logging();
+    let server = trigger_server::serve(ServeOptions {
+        database: config::database(&args.database_url)?,
+        host: args.host,
+        port: args.port,
+        public_url: args.public_url,
+        ..ServeOptions::default()
+    })
+    .await?;
+    let boot = server.bootstrap();
+    eprintln!(
+        "trigger.rs listening on {} (project {})",
+        server.base_url(),
+        boot.tenancy.project.external_ref
+    );
+    if let Some(key) = &boot.dev_key {
+        eprintln!("created the dev secret key (shown once): {key}");
+    }
+    if let Some(pat) = &boot.personal_access_token {
+        eprintln!("created a personal access token for the CLI (shown once): {pat}");
+    }
+    server.wait().await?;
+    Ok(())
+}
