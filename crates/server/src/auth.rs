@@ -45,10 +45,13 @@ pub struct PatCaller {
     pub key: ApiKey,
 }
 
+/// When a key was authenticated, and as whom.
+type Entry = (Instant, Arc<Principal>);
+
 /// Recently authenticated keys, by SHA-256 of the key, so that the plain key is not kept.
 #[derive(Debug, Default)]
 pub struct AuthCache {
-    entries: Mutex<HashMap<[u8; 32], (Instant, Arc<Principal>)>>,
+    entries: Mutex<HashMap<[u8; 32], Entry>>,
 }
 
 impl AuthCache {

@@ -424,7 +424,9 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let before = t.run_count().await;
     let trigger = "/api/v1/tasks/hello/trigger";
 
-    let cases: Vec<(&str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    /// Name, content type, body, expected status, and what the error must mention.
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("malformed JSON", Some("application/json"), b"{\"payload\":".to_vec(), 400, "malformed JSON"),
         ("wrong content type", Some("text/plain"), b"{}".to_vec(), 415, "application/json"),
         ("no content type", None, b"{}".to_vec(), 415, "application/json"),
