@@ -65,6 +65,16 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// A connection is only ever used by one thread at a time (the engine's writer thread owns
+/// the store), so SQLite's own per-call mutexes are pure overhead.
+fn open_flags() -> rusqlite::OpenFlags {
+    use rusqlite::OpenFlags;
+    OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) a database file with the default options.
     pub fn open(path: impl AsRef<Path>) -> StorageResult<Self> {
@@ -73,7 +83,7 @@ impl SqliteStore {
 
     /// Opens (creating if needed) a database file.
     pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> StorageResult<Self> {
-        let conn = Connection::open(path.as_ref()).map_err(unavailable)?;
+        let conn = Connection::open_with_flags(path.as_ref(), open_flags()).map_err(unavailable)?;
         // The busy handler first: switching to WAL and migrating wait for other openers.
         conn.busy_handler(Some(wait_for_lock)).db()?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).db()?;
@@ -89,7 +99,7 @@ impl SqliteStore {
 
     /// A private in-memory database, gone when the store is dropped.
     pub fn memory() -> StorageResult<Self> {
-        let conn = Connection::open_in_memory().map_err(unavailable)?;
+        let conn = Connection::open_in_memory_with_flags(open_flags()).map_err(unavailable)?;
         Self::setup(conn)
     }
 
