@@ -35,6 +35,8 @@ enum Command {
     Runs(commands::runs::Command),
     /// Trigger a run of a task.
     Trigger(commands::trigger::Args),
+    /// Run the benchmark workloads.
+    Bench(commands::bench::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -54,6 +56,7 @@ fn main() -> std::process::ExitCode {
             Command::Keys(cmd) => commands::keys::run(cmd).await,
             Command::Runs(cmd) => commands::runs::run(cmd).await,
             Command::Trigger(args) => commands::trigger::run(args).await,
+            Command::Bench(args) => commands::bench::run(args).await,
         }
     });
     match result {
