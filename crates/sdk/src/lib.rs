@@ -1,0 +1,102 @@
+//! The trigger.rs Rust SDK: Trigger.dev v4's task vocabulary in Rust — [`task`],
+//! [`queue`], [`metadata`], [`logger`], [`locals`], [`tasks`], [`idempotency_keys`],
+//! [`wait`], [`runs`] — and the [`Worker`] that executes tasks.
+//!
+//! # Quick start
+//!
+//! ```
+//! use std::sync::LazyLock;
+//! use std::time::Duration;
+//! use serde::{Deserialize, Serialize};
+//! use trigger_sdk::{backend::Embedded, logger, metadata, queue, task, Queue, Task, TaskError, TriggerOptions, Worker};
+//!
+//! #[derive(Clone, Serialize, Deserialize)]
+//! struct Hello { name: String }
+//!
+//! static GREETINGS: Queue = queue("greetings").concurrency_limit(2);
+//!
+//! static HELLO: LazyLock<Task<Hello, String>> = LazyLock::new(|| {
+//!     task::<Hello, String>("hello")
+//!         .queue(&GREETINGS)
+//!         .run(|payload, _ctx| async move {
+//!             logger::info("greeting", serde_json::json!({ "name": payload.name }));
+//!             metadata::set("greeted", true);
+//!             Ok::<_, TaskError>(format!("hello, {}", payload.name))
+//!         })
+//! });
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let backend = Embedded::memory().await.unwrap(); // or Embedded::open(".trigger/trigger.db")
+//! let worker = Worker::builder().backend(backend.clone()).task(&HELLO).build().unwrap().start();
+//!
+//! let handle = HELLO.trigger(Hello { name: "world".into() }, TriggerOptions::default()).await.unwrap();
+//! let run = trigger_sdk::runs::poll(&handle.id, Duration::from_millis(100)).await.unwrap();
+//! assert_eq!(run.output.unwrap().data.as_deref(), Some("\"hello, world\""));
+//! worker.shutdown().await.unwrap();
+//! # });
+//! ```
+//!
+//! # How it fits together
+//!
+//! - **Backends.** Everything reaches the engine through the [`backend::Backend`] trait.
+//!   [`backend::Embedded`] runs the engine in-process on SQLite (no server). An HTTP backend
+//!   for the server's Trigger.dev-compatible endpoints is not written yet; the trait is the
+//!   seam it will plug into.
+//! - **The current run** is a Tokio task-local set around each attempt, so [`metadata`],
+//!   [`logger`], [`locals`], [`wait`], [`idempotency_keys`] and triggering find their run
+//!   without being handed it. Futures spawned with `tokio::spawn` from `run` leave that
+//!   scope.
+//! - **Attempt order**: global middleware, task middleware, `on_start_attempt`, `on_start`
+//!   (first attempt), `run`; then `on_success` + `on_complete`, or `catch_error` and (when no
+//!   retry follows) `on_failure` + `on_complete`; then `cleanup`. See [`hooks`].
+//! - **Retries.** The worker proposes the retry from the task's policy (`retry`, merged with
+//!   the run's `max_attempts`) and `catch_error`; the engine decides. A task without a
+//!   policy is not retried. A payload that does not deserialize into the task's type fails
+//!   the run at once with `TASK_INPUT_ERROR`.
+//! - **`max_duration`** counts compute time only: the time spent inside the run future's
+//!   `poll`. Awaiting a child, a wait, or a timer does not count. A task that blocks its
+//!   thread without ever yielding cannot be stopped mid-way (as with any async code); it is
+//!   stopped at its next `.await`. The engine clamps the limit to at least 5 s. An exceeded
+//!   run ends `TIMED_OUT` with `MAX_DURATION_EXCEEDED`, without `cleanup`, `on_success` or
+//!   `on_failure`.
+//! - **Waits** always go through the engine (no in-process shortcut for short waits), and a
+//!   waiting run holds no concurrency, neither in its queue nor on the worker.
+//! - **Metadata** changes apply to the task's own copy at once and reach the engine about
+//!   once a second and with the completion. Log lines travel the same way.
+//!
+//! # Differences from the TypeScript SDK
+//!
+//! - Payloads and outputs are plain JSON (serde), not SuperJSON.
+//! - Hooks are set once per task (one closure per kind); global hooks receive JSON.
+//! - Shutdown hands unfinished runs back as a failed attempt (`GRACEFUL_EXIT_TIMEOUT`)
+//!   with a retry one second later; this uses up an attempt, as the engine has no "release
+//!   without failing" call yet.
+
+pub mod backend;
+mod client;
+pub mod context;
+mod error;
+pub mod hooks;
+pub mod idempotency_keys;
+pub mod locals;
+pub mod logger;
+pub mod metadata;
+mod queue;
+pub mod runs;
+mod scope;
+mod task;
+pub mod tasks;
+mod trigger;
+pub mod wait;
+mod worker;
+
+pub use client::configure;
+pub use context::{CancelReason, CancellationToken, Context};
+pub use error::{Error, Result, TaskError};
+pub use hooks::CatchError;
+pub use queue::{queue, Queue};
+pub use task::{task, IntoTask, RegisteredTask, Task, TaskBuilder, TaskSpec};
+pub use trigger::{BatchHandle, BatchResult, BatchTriggerItem, RunHandle, TaskRunResult, TriggerOptions};
+pub use worker::{Worker, WorkerBuilder, WorkerHandle, WorkerOptions};
+
+pub use trigger_engine::{MachinePreset, RetryOptions, RunStatus, TaskRunError};

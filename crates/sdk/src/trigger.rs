@@ -1,0 +1,388 @@
+//! Triggering runs: from a task (`child.trigger_and_wait(..)`) or from any backend code
+//! (`tasks::trigger::<T>("id", ..)`).
+
+use std::borrow::Borrow;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use trigger_engine::{
+    BatchItem as EngineBatchItem, CreateBatch, MachinePreset, Packet, TaskRunError, TriggerRequest,
+};
+
+use crate::backend::SharedBackend;
+use crate::error::{Error, Result};
+use crate::idempotency_keys::IdempotencyKey;
+use crate::scope::{self, RunScope};
+use crate::task::Task;
+use crate::wait::{self, WaitInfo};
+
+/// Options of a trigger (`TriggerOptions`). Fill what you need and leave the rest to
+/// `..Default::default()`.
+#[derive(Debug, Clone, Default)]
+pub struct TriggerOptions {
+    /// A key that makes the trigger idempotent (a raw `String` converts with the `run`
+    /// scope, as [`crate::idempotency_keys::create`] does).
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// How long the key is remembered (default 30 days).
+    pub idempotency_key_ttl: Option<Duration>,
+    /// Start no earlier than this from now.
+    pub delay: Option<Duration>,
+    /// Expire if not started within this time (`Some(Duration::ZERO)` opts out).
+    pub ttl: Option<Duration>,
+    pub tags: Vec<String>,
+    /// Initial metadata (a JSON object).
+    pub metadata: Option<Value>,
+    pub machine: Option<MachinePreset>,
+    pub max_attempts: Option<u32>,
+    /// Compute-time limit (whole seconds).
+    pub max_duration: Option<Duration>,
+    /// Run ahead of runs queued up to this much earlier.
+    pub priority: Option<Duration>,
+    /// Queue name (the queue must be declared by a worker).
+    pub queue: Option<String>,
+    pub concurrency_key: Option<String>,
+    /// Lock to a worker version (plain triggers only).
+    pub version: Option<String>,
+    /// Mark as a test run.
+    pub test: bool,
+}
+
+impl TriggerOptions {
+    /// Options with an idempotency key.
+    pub fn idempotency_key(mut self, key: impl Into<IdempotencyKey>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Options with initial metadata.
+    pub fn metadata(mut self, metadata: Value) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+
+    /// Options with tags.
+    pub fn tags<I: IntoIterator<Item = S>, S: Into<String>>(mut self, tags: I) -> Self {
+        self.tags = tags.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Options with a delay.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    fn into_engine(self, backend: &SharedBackend) -> trigger_engine::TriggerOptions {
+        let now = backend.now();
+        trigger_engine::TriggerOptions {
+            queue: self.queue,
+            concurrency_key: self.concurrency_key,
+            delay_until: self.delay.map(|d| now + d.as_millis() as i64),
+            ttl_ms: self.ttl.map(|d| d.as_millis() as u64),
+            tags: self.tags,
+            metadata: self.metadata.map(|m| m.to_string()),
+            metadata_type: None,
+            machine: self.machine,
+            max_attempts: self.max_attempts,
+            max_duration_secs: self.max_duration.map(|d| d.as_secs() as u32),
+            priority_ms: self.priority.map_or(0, |d| d.as_millis() as i64),
+            idempotency_key_options: self.idempotency_key.as_ref().map(|k| k.options_json()),
+            idempotency_key: self.idempotency_key.map(|k| k.as_str().to_string()),
+            idempotency_key_ttl_ms: self.idempotency_key_ttl.map(|d| d.as_millis() as u64),
+            lock_to_version: self.version,
+            is_test: self.test,
+            ..Default::default()
+        }
+    }
+}
+
+/// A triggered run (`RunHandle`), typed by the task's output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunHandle<O> {
+    /// `run_…`
+    pub id: String,
+    pub task_identifier: String,
+    /// True when an idempotency key returned an existing run.
+    pub is_cached: bool,
+    _output: PhantomData<fn() -> O>,
+}
+
+/// A finished child run as `trigger_and_wait` returns it (`TaskRunResult`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRunResult<O> {
+    /// The child run.
+    pub id: String,
+    pub task_identifier: String,
+    /// The output, or how the child failed.
+    pub result: std::result::Result<O, TaskRunError>,
+}
+
+impl<O> TaskRunResult<O> {
+    /// Whether the child succeeded (`result.ok`).
+    pub fn ok(&self) -> bool {
+        self.result.is_ok()
+    }
+
+    /// The output, if it succeeded.
+    pub fn output(&self) -> Option<&O> {
+        self.result.as_ref().ok()
+    }
+
+    /// The error, if it failed.
+    pub fn error(&self) -> Option<&TaskRunError> {
+        self.result.as_ref().err()
+    }
+
+    /// The output, or [`Error::Subtask`] (`SubtaskUnwrapError`).
+    pub fn unwrap(self) -> Result<O> {
+        self.result.map_err(|error| Error::Subtask {
+            task: self.task_identifier,
+            run_id: self.id,
+            error: Box::new(error),
+        })
+    }
+}
+
+/// A batch's runs in item order (`batchTriggerAndWait`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchResult<O> {
+    /// `batch_…`
+    pub id: String,
+    pub runs: Vec<TaskRunResult<O>>,
+}
+
+/// A triggered batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchHandle {
+    /// `batch_…`
+    pub batch_id: String,
+    pub run_count: u32,
+    /// The run of each item, in item order (the TS SDK v4 returns none; here they are free).
+    pub runs: Vec<String>,
+}
+
+/// One item of a batch: a payload with its own options.
+#[derive(Debug, Clone)]
+pub struct BatchTriggerItem<P> {
+    pub payload: P,
+    pub options: TriggerOptions,
+}
+
+impl<P> From<P> for BatchTriggerItem<P> {
+    fn from(payload: P) -> Self {
+        BatchTriggerItem { payload, options: TriggerOptions::default() }
+    }
+}
+
+fn backend() -> Result<SharedBackend> {
+    match scope::current() {
+        Some(s) => Ok(s.backend.clone()),
+        None => crate::client::default_backend(),
+    }
+}
+
+fn packet(payload: &impl Serialize) -> Result<Packet> {
+    Ok(Packet::json(&serde_json::to_value(payload)?))
+}
+
+/// Triggers a run of a task by id.
+pub(crate) async fn trigger_by_id<O>(
+    backend: &SharedBackend,
+    task: &str,
+    payload: &impl Serialize,
+    options: TriggerOptions,
+) -> Result<RunHandle<O>> {
+    let mut opts = options.into_engine(backend);
+    if let Some(scope) = scope::current() {
+        opts.parent_run_id = Some(scope.ctx.run.id.clone());
+    }
+    let triggered = backend
+        .trigger(TriggerRequest { task: task.to_string(), payload: packet(payload)?, options: opts })
+        .await?;
+    Ok(RunHandle {
+        id: triggered.run.id,
+        task_identifier: task.to_string(),
+        is_cached: triggered.is_cached,
+        _output: PhantomData,
+    })
+}
+
+fn in_task(what: &'static str) -> Result<std::sync::Arc<RunScope>> {
+    scope::current().ok_or(Error::NotInTask(what))
+}
+
+fn result_of<O: DeserializeOwned>(
+    task: &str,
+    run_id: &str,
+    wp: Option<&trigger_engine::CompletedWaitpoint>,
+) -> Result<TaskRunResult<O>> {
+    let wp = wp.ok_or_else(|| Error::Protocol(format!("run continued without the result of {run_id}")))?;
+    let result = if wp.output_is_error {
+        Err(wait::decode_error(wp.output.as_deref()))
+    } else {
+        Ok(wait::decode::<O>(wp.output.as_deref())?)
+    };
+    Ok(TaskRunResult { id: run_id.to_string(), task_identifier: task.to_string(), result })
+}
+
+/// Triggers a child and waits for its result (inside a run).
+pub(crate) async fn trigger_and_wait_by_id<O: DeserializeOwned>(
+    task: &str,
+    payload: &impl Serialize,
+    options: TriggerOptions,
+) -> Result<TaskRunResult<O>> {
+    let scope = in_task("trigger_and_wait")?;
+    let backend = scope.backend.clone();
+    let mut opts = options.into_engine(&backend);
+    opts.parent_run_id = Some(scope.ctx.run.id.clone());
+    opts.resume_parent_on_completion = true;
+    opts.lock_to_version = scope.ctx.run.version.clone();
+    let request = TriggerRequest { task: task.to_string(), payload: packet(payload)?, options: opts };
+    let (child, completed) = wait::block_and_wait(
+        &scope,
+        |t: &trigger_engine::Triggered| WaitInfo::Task { run_id: t.run.id.clone() },
+        backend.trigger(request),
+    )
+    .await?;
+    let wp = completed.iter().find(|wp| wp.completed_by_run_id.as_deref() == Some(child.run.id.as_str()));
+    result_of(task, &child.run.id, wp)
+}
+
+async fn create_batch(backend: &SharedBackend, count: usize, wait: bool) -> Result<trigger_engine::Batch> {
+    let parent = scope::current().map(|s| s.ctx.run.id.clone());
+    let (batch, _) = backend
+        .create_batch(CreateBatch {
+            expected_count: count as u32,
+            parent_run_id: parent,
+            resume_parent_on_completion: wait,
+            idempotency_key: None,
+            idempotency_key_ttl_ms: None,
+        })
+        .await?;
+    Ok(batch)
+}
+
+fn batch_items<P: Serialize>(
+    backend: &SharedBackend,
+    task: &str,
+    items: Vec<BatchTriggerItem<P>>,
+    lock: Option<String>,
+) -> Result<Vec<EngineBatchItem>> {
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let mut options = item.options.into_engine(backend);
+            if lock.is_some() {
+                options.lock_to_version = lock.clone();
+            }
+            Ok(EngineBatchItem {
+                index: i as u32,
+                request: TriggerRequest { task: task.to_string(), payload: packet(&item.payload)?, options },
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn batch_trigger_by_id<P: Serialize>(
+    backend: &SharedBackend,
+    task: &str,
+    items: Vec<BatchTriggerItem<P>>,
+) -> Result<BatchHandle> {
+    if items.is_empty() {
+        return Err(Error::Protocol("a batch needs at least one item".into()));
+    }
+    let batch = create_batch(backend, items.len(), false).await?;
+    let items = batch_items(backend, task, items, None)?;
+    backend.add_batch_items(&batch.id, items).await?;
+    runs_of_batch(backend, &batch.id).await
+}
+
+async fn runs_of_batch(backend: &SharedBackend, batch_id: &str) -> Result<BatchHandle> {
+    let filter = trigger_engine::RunFilter { batch_id: Some(batch_id.to_string()), ..Default::default() };
+    let mut runs =
+        backend.list_runs(filter, trigger_engine::Page { size: 1000, ..Default::default() }).await?;
+    runs.sort_by_key(|r| r.batch_index);
+    Ok(BatchHandle {
+        batch_id: batch_id.to_string(),
+        run_count: runs.len() as u32,
+        runs: runs.into_iter().map(|r| r.id).collect(),
+    })
+}
+
+pub(crate) async fn batch_trigger_and_wait_by_id<P: Serialize, O: DeserializeOwned>(
+    task: &str,
+    items: Vec<BatchTriggerItem<P>>,
+) -> Result<BatchResult<O>> {
+    let scope = in_task("batch_trigger_and_wait")?;
+    let backend = scope.backend.clone();
+    if items.is_empty() {
+        return Ok(BatchResult { id: String::new(), runs: Vec::new() });
+    }
+    let count = items.len();
+    let engine_items = batch_items(&backend, task, items, scope.ctx.run.version.clone())?;
+    let b = backend.clone();
+    let (batch, completed) = wait::block_and_wait(
+        &scope,
+        |batch: &trigger_engine::Batch| WaitInfo::Batch {
+            batch_id: batch.id.clone(),
+            run_count: count as u32,
+        },
+        async move {
+            let batch = create_batch(&b, count, true).await?;
+            b.add_batch_items(&batch.id, engine_items).await?;
+            Ok(batch)
+        },
+    )
+    .await?;
+    let mut runs = Vec::with_capacity(count);
+    for index in 0..count as u32 {
+        let wp = completed.iter().find(|wp| wp.index == Some(index) && wp.completed_by_run_id.is_some());
+        let run_id = wp.and_then(|wp| wp.completed_by_run_id.clone()).unwrap_or_default();
+        runs.push(result_of(task, &run_id, wp)?);
+    }
+    Ok(BatchResult { id: batch.id, runs })
+}
+
+impl<P, O> Task<P, O>
+where
+    P: Serialize + Send + Sync,
+    O: DeserializeOwned + Send,
+{
+    /// Triggers a run (from a task, the run becomes this run's child).
+    pub async fn trigger(&self, payload: impl Borrow<P>, options: TriggerOptions) -> Result<RunHandle<O>> {
+        trigger_by_id(&backend()?, self.id(), payload.borrow(), options).await
+    }
+
+    /// Triggers a child run and waits for its result; only inside a run.
+    pub async fn trigger_and_wait(
+        &self,
+        payload: impl Borrow<P>,
+        options: TriggerOptions,
+    ) -> Result<TaskRunResult<O>> {
+        trigger_and_wait_by_id(self.id(), payload.borrow(), options).await
+    }
+
+    /// Triggers one run per item.
+    pub async fn batch_trigger<I>(&self, items: I) -> Result<BatchHandle>
+    where
+        I: IntoIterator,
+        I::Item: Into<BatchTriggerItem<P>>,
+    {
+        let items = items.into_iter().map(Into::into).collect();
+        batch_trigger_by_id(&backend()?, self.id(), items).await
+    }
+
+    /// Triggers one child run per item and waits for all; results come in item order.
+    pub async fn batch_trigger_and_wait<I>(&self, items: I) -> Result<BatchResult<O>>
+    where
+        I: IntoIterator,
+        I::Item: Into<BatchTriggerItem<P>>,
+    {
+        let items = items.into_iter().map(Into::into).collect();
+        batch_trigger_and_wait_by_id(self.id(), items).await
+    }
+}
