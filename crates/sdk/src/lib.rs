@@ -27,7 +27,7 @@
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let backend = Embedded::memory().await.unwrap(); // or Embedded::open(".trigger/trigger.db")
-//! let worker = Worker::builder().backend(backend.clone()).task(&HELLO).build().unwrap().start();
+//! let worker = Worker::builder().backend(backend.clone()).task(&HELLO).build().unwrap().start().await.unwrap();
 //!
 //! let handle = HELLO.trigger(Hello { name: "world".into() }, TriggerOptions::default()).await.unwrap();
 //! let run = trigger_sdk::runs::poll(&handle.id, Duration::from_millis(100)).await.unwrap();

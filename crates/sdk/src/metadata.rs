@@ -27,7 +27,6 @@ enum Target {
 
 /// Returned by every setter so calls chain.
 #[derive(Debug, Clone, Copy)]
-#[must_use = "metadata setters apply at once; the return value only lets calls chain"]
 pub struct Metadata {
     target: Target,
 }

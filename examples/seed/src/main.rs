@@ -1,1 +1,195 @@
-fn main() {}
+//! The seed's Trigger.dev v4 example in Rust: `process-data` on a shared queue with every
+//! hook, a global middleware that puts an API client in `locals`, an idempotent
+//! `child-task` per item, metadata progress and logs — then a backend trigger with
+//! `metadata: { source: "api" }`, on the embedded engine (SQLite under `./.trigger/`).
+//!
+//! Run it with `cargo run -p trigger-example-seed`.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use trigger_sdk::hooks::{CatchErrorArgs, FailureArgs, MiddlewareArgs, StartArgs, SuccessArgs};
+use trigger_sdk::{
+    backend::Embedded, idempotency_keys, locals, logger, metadata, queue, task, tasks, CatchError,
+    MachinePreset, Queue, RetryOptions, Task, TaskError, TriggerOptions, Worker,
+};
+
+/// Stands in for the seed's `new ApiClient()`.
+#[derive(Debug, Clone)]
+struct ApiClient {
+    base_url: String,
+}
+
+impl ApiClient {
+    fn new() -> Self {
+        ApiClient { base_url: "https://api.example.com".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Item {
+    id: Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProcessDataPayload {
+    user_id: String,
+    data: Vec<Item>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProcessDataOutput {
+    processed: usize,
+    user_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ChildOutput {
+    result: String,
+}
+
+// Queue definition
+static PROCESS_QUEUE: Queue = queue("process-queue").concurrency_limit(3);
+
+// Locals for shared data
+static API_CLIENT_LOCAL: locals::LocalKey<ApiClient> = locals::create("apiClient");
+
+// Global middleware
+fn register_middleware() {
+    tasks::middleware("api-client", |MiddlewareArgs { next, .. }| async move {
+        locals::set(&API_CLIENT_LOCAL, ApiClient::new());
+        next.run().await
+    });
+}
+
+type ProcessData = Task<ProcessDataPayload, ProcessDataOutput>;
+
+// Comprehensive task with all features
+static PROCESS_DATA: LazyLock<ProcessData> = LazyLock::new(|| {
+    task::<ProcessDataPayload, ProcessDataOutput>("process-data")
+        .queue(&PROCESS_QUEUE)
+        .machine(MachinePreset::Medium1x)
+        .max_duration(Duration::from_secs(600))
+        .retry(RetryOptions { max_attempts: 3, factor: 2.0, min_timeout_in_ms: 1000, ..Default::default() })
+        .on_start(|StartArgs { payload, .. }| async move {
+            logger::info("Task started", json!({ "userId": payload.user_id }));
+            metadata::set("status", "started").set("progress", 0);
+        })
+        .on_success(|SuccessArgs { output, .. }| async move {
+            logger::info("Task completed", json!({ "result": *output }));
+        })
+        .on_failure(|FailureArgs { error, .. }| async move {
+            logger::error("Task failed", json!({ "error": error.message() }));
+        })
+        .catch_error(|CatchErrorArgs { error, .. }| async move {
+            CatchError::retry(error.code() != Some("FATAL_ERROR"))
+        })
+        .cleanup(|_: StartArgs<ProcessDataPayload>| async move {
+            logger::debug("Cleanup completed", ());
+        })
+        .run(|payload, _ctx| async move {
+            let client = locals::get(&API_CLIENT_LOCAL);
+            logger::debug("Using API client", json!({ "baseUrl": client.map(|c| c.base_url) }));
+
+            // Process data with progress tracking
+            for (i, item) in payload.data.iter().enumerate() {
+                // Idempotent child task
+                let idempotency_key = idempotency_keys::create(format!("process-{}", item.id));
+                let result = CHILD_TASK
+                    .trigger_and_wait(
+                        item,
+                        TriggerOptions { idempotency_key: Some(idempotency_key), ..Default::default() },
+                    )
+                    .await?;
+                let output = result.unwrap()?;
+
+                // Update metadata
+                let progress = (i + 1) as f64 / payload.data.len() as f64;
+                metadata::set("progress", progress).append("processed", &item.id).increment("count", 1);
+
+                logger::info(
+                    "Item processed",
+                    json!({ "itemId": item.id, "progress": progress, "result": output.result }),
+                );
+            }
+
+            Ok::<_, TaskError>(ProcessDataOutput { processed: payload.data.len(), user_id: payload.user_id })
+        })
+});
+
+static CHILD_TASK: LazyLock<Task<Item, ChildOutput>> = LazyLock::new(|| {
+    task::<Item, ChildOutput>("child-task").run(|item, _ctx| async move {
+        Ok::<_, TaskError>(ChildOutput { result: format!("processed-{}", item.id) })
+    })
+});
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let backend = Embedded::open(".trigger/trigger.db").await?;
+    register_middleware();
+    let worker = Worker::builder()
+        .backend(backend.clone())
+        .task(&PROCESS_DATA)
+        .task(&CHILD_TASK)
+        .build()?
+        .start()
+        .await?;
+    eprintln!("worker started on .trigger/trigger.db");
+
+    // Trigger from backend
+    let handle = tasks::trigger::<ProcessData>(
+        "process-data",
+        ProcessDataPayload {
+            user_id: "123".into(),
+            data: vec![Item { id: json!(1) }, Item { id: json!(2) }],
+        },
+        TriggerOptions { metadata: Some(json!({ "source": "api" })), ..Default::default() },
+    )
+    .await?;
+    eprintln!("triggered {} (task {})", handle.id, handle.task_identifier);
+
+    // Follow the run through the engine's change feed.
+    let engine = backend.engine();
+    let mut changes = engine.subscribe();
+    let mut last = String::new();
+    let run = loop {
+        let details = engine.get_run(backend.env_id(), &handle.id).await?;
+        let line =
+            format!("{} metadata={}", details.run.status, details.run.metadata.clone().unwrap_or_default());
+        if line != last {
+            eprintln!("  {line}");
+            last = line;
+        }
+        if details.run.status.is_final() {
+            break details;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), changes.recv()).await;
+    };
+
+    let events = engine.list_events(backend.env_id(), &handle.id, 0, 100).await?;
+    eprintln!("logs:");
+    for e in &events {
+        eprintln!("  [{}] {} {}", e.level, e.message, e.attributes);
+    }
+    worker.shutdown().await?;
+
+    let output: Value =
+        run.output.and_then(|o| o.data).map(|d| serde_json::from_str(&d)).transpose()?.unwrap_or_default();
+    let metadata: Value =
+        run.run.metadata.as_deref().map(serde_json::from_str).transpose()?.unwrap_or_default();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "id": run.run.id,
+            "status": run.run.status,
+            "attempts": run.run.attempt_number,
+            "output": output,
+            "metadata": metadata,
+        }))?
+    );
+    Ok(())
+}

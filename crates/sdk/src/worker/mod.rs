@@ -235,23 +235,35 @@ impl Worker {
         }
     }
 
-    /// Runs in the background until [`WorkerHandle::shutdown`].
-    pub fn start(self) -> WorkerHandle {
+    /// Registers, then runs in the background until [`WorkerHandle::shutdown`]. Once this
+    /// returns, the worker's tasks can be triggered.
+    pub async fn start(self) -> Result<WorkerHandle> {
+        let version = self.register().await?;
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
-            self.run(async move {
+            self.serve(version, async move {
                 let _ = stopped.wait_for(|s| *s).await;
             })
             .await
         });
-        WorkerHandle { stop, task }
+        Ok(WorkerHandle { stop, task })
     }
 
     /// Registers, then claims and executes runs until `shutdown` completes; then drains.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let version = self.register().await?;
+        self.serve(version, shutdown).await
+    }
+
+    async fn register(&self) -> Result<WorkerVersion> {
+        let version = self.inner.backend.register_worker(self.manifest()).await?;
+        let tasks = self.inner.tasks.len();
+        tracing::info!(target: "trigger_sdk::worker", version = %version.version, tasks, "worker registered");
+        Ok(version)
+    }
+
+    async fn serve(self, version: WorkerVersion, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let inner = self.inner.clone();
-        let version = inner.backend.register_worker(self.manifest()).await?;
-        tracing::info!(target: "trigger_sdk::worker", version = %version.version, tasks = inner.tasks.len(), "worker registered");
         let dispatcher =
             inner.backend.subscribe().map(|rx| tokio::spawn(dispatch(Arc::downgrade(&inner), rx)));
 
