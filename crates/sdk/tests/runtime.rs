@@ -1,0 +1,162 @@
+//! Worker runtime behaviour: max duration, panics, cancellation, waits, tokens, batches,
+//! and a parent waiting on children in its own limit-1 queue.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use trigger_engine::{InternalErrorCode, Packet, RunStatus, TriggerOptions as EngineOptions, TriggerRequest};
+use trigger_sdk::backend::Backend;
+use trigger_sdk::hooks::CancelArgs;
+use trigger_sdk::{queue, task, wait, IntoTask, Queue, TaskError, TriggerOptions, WorkerOptions};
+
+use common::{output, Harness};
+
+async fn trigger(h: &Harness, task: &str, payload: Value) -> String {
+    let req = TriggerRequest {
+        task: task.into(),
+        payload: Packet::json(&payload),
+        options: EngineOptions::default(),
+    };
+    h.backend.trigger(req).await.unwrap().run.id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_duration_ends_a_busy_run_but_not_a_waiting_one() {
+    let cleaned = Arc::new(AtomicBool::new(false));
+    let c = cleaned.clone();
+    let busy = task::<Value, Value>("busy")
+        .max_duration(Duration::from_secs(5))
+        .cleanup(move |_: trigger_sdk::hooks::StartArgs<Value>| {
+            let c = c.clone();
+            async move { c.store(true, Ordering::SeqCst) }
+        })
+        .run(|_, ctx| async move {
+            loop {
+                // Compute that yields now and then, as async code does.
+                std::thread::sleep(Duration::from_millis(20));
+                tokio::task::yield_now().await;
+                if ctx.signal.is_cancelled() {
+                    return Err(TaskError::new("saw the signal"));
+                }
+            }
+        });
+    let sleepy = task::<Value, Value>("sleepy").max_duration(Duration::from_secs(5)).run(|_, _| async move {
+        wait::for_duration(Duration::from_millis(5500)).await?;
+        Ok::<_, TaskError>(json!("rested"))
+    });
+    let h = Harness::start(vec![busy.into_task(), sleepy.into_task()], common::options()).await;
+    let started = Instant::now();
+    let busy_id = trigger(&h, "busy", json!({})).await;
+    let sleepy_id = trigger(&h, "sleepy", json!({})).await;
+
+    let done = h.wait_final(&busy_id, Duration::from_secs(20)).await;
+    assert_eq!(done.run.status, RunStatus::TimedOut);
+    assert_eq!(done.run.error.as_ref().and_then(|e| e.code()), Some(InternalErrorCode::MaxDurationExceeded));
+    assert_eq!(done.run.attempt_number, 1);
+    assert!(started.elapsed() >= Duration::from_secs(5));
+    assert!(!cleaned.load(Ordering::SeqCst), "cleanup does not run after maxDuration");
+
+    let done = h.wait_final(&sleepy_id, Duration::from_secs(20)).await;
+    assert_eq!(done.run.status, RunStatus::Completed, "{:?}", done.run.error);
+    assert_eq!(output(&done), json!("rested"));
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_panic_fails_the_attempt_and_the_worker_goes_on() {
+    let boom = task::<Value, Value>("boom").run(|payload, _| async move {
+        if payload["panic"] == json!(true) {
+            panic!("kaboom");
+        }
+        Ok::<_, TaskError>(json!("fine"))
+    });
+    let h = Harness::start(vec![boom.into_task()], common::options()).await;
+    let bad = trigger(&h, "boom", json!({ "panic": true })).await;
+    let done = h.wait_final(&bad, Duration::from_secs(10)).await;
+    assert_eq!(done.run.status, RunStatus::Failed);
+    let message = done.run.error.unwrap().message();
+    assert!(message.contains("kaboom"), "{message}");
+    let good = trigger(&h, "boom", json!({})).await;
+    let done = h.wait_final(&good, Duration::from_secs(10)).await;
+    assert_eq!(done.run.status, RunStatus::Completed);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_reaches_executing_and_waiting_runs() {
+    let cancelled = Arc::new(AtomicU32::new(0));
+    let c = cancelled.clone();
+    let spinner = task::<Value, Value>("spinner")
+        .on_cancel(move |_: CancelArgs<Value>| {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .run(|_, ctx| async move {
+            ctx.signal.cancelled().await;
+            Ok::<_, TaskError>(json!("unreachable"))
+        });
+    let waiter = task::<Value, Value>("waiter").run(|_, _| async move {
+        let token = wait::create_token(Default::default()).await?;
+        wait::for_token::<Value>(&token.id).await?;
+        Ok::<_, TaskError>(json!("unreachable"))
+    });
+    let h = Harness::start(vec![spinner.into_task(), waiter.into_task()], common::options()).await;
+    let a = trigger(&h, "spinner", json!({})).await;
+    let b = trigger(&h, "waiter", json!({})).await;
+    h.wait_until(&a, Duration::from_secs(10), |d| d.run.status == RunStatus::Executing).await;
+    h.wait_until(&b, Duration::from_secs(10), |d| d.run.status == RunStatus::Waiting).await;
+    h.backend.cancel(&a).await.unwrap();
+    h.backend.cancel(&b).await.unwrap();
+    assert_eq!(h.wait_final(&a, Duration::from_secs(10)).await.run.status, RunStatus::Canceled);
+    assert_eq!(h.wait_final(&b, Duration::from_secs(10)).await.run.status, RunStatus::Canceled);
+    assert_eq!(cancelled.load(Ordering::SeqCst), 1, "onCancel ran for the executing run");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_batches_and_a_limit_one_queue_with_a_waiting_parent() {
+    static SOLO: Queue = queue("solo").concurrency_limit(1);
+    let double = task::<u64, u64>("double").queue(&SOLO).run(|n, _| async move { Ok::<_, TaskError>(n * 2) });
+    let d = double.clone();
+    let parent = task::<Vec<u64>, Value>("parent").queue(&SOLO).run(move |items, _| {
+        let double = d.clone();
+        async move {
+            // Children on the parent's own limit-1 queue, with one slot on the worker.
+            let first = double.trigger_and_wait(items[0], TriggerOptions::default()).await?.unwrap()?;
+            let batch = double.batch_trigger_and_wait(items.iter().copied()).await?;
+            let all: Vec<u64> = batch.runs.into_iter().map(|r| r.unwrap()).collect::<Result<_, _>>()?;
+            Ok::<_, TaskError>(json!({ "first": first, "all": all }))
+        }
+    });
+    let approval = task::<Value, Value>("approval").run(|_, _| async move {
+        let token = wait::create_token(Default::default()).await?;
+        trigger_sdk::metadata::set("token", &token.id);
+        trigger_sdk::metadata::flush().await?;
+        let approved: Value = wait::for_token(&token.id).await?.unwrap()?;
+        Ok::<_, TaskError>(approved)
+    });
+    let options = WorkerOptions { concurrency: 1, ..common::options() };
+    let h = Harness::start(vec![double.into_task(), parent.into_task(), approval.into_task()], options).await;
+
+    let p = trigger(&h, "parent", json!([1, 2, 3, 4])).await;
+    let done = h.wait_final(&p, Duration::from_secs(20)).await;
+    assert_eq!(done.run.status, RunStatus::Completed, "{:?}", done.run.error);
+    assert_eq!(output(&done), json!({ "first": 2, "all": [2, 4, 6, 8] }), "batch results in item order");
+
+    let a = trigger(&h, "approval", json!({})).await;
+    let waiting =
+        h.wait_until(&a, Duration::from_secs(10), |d| common::metadata(d)["token"].is_string()).await;
+    let token = common::metadata(&waiting)["token"].as_str().unwrap().to_string();
+    h.wait_until(&a, Duration::from_secs(10), |d| d.run.status == RunStatus::Waiting).await;
+    trigger_sdk::configure(h.backend.clone());
+    wait::complete_token(&token, json!({ "approved": true })).await.unwrap();
+    let done = h.wait_final(&a, Duration::from_secs(10)).await;
+    assert_eq!(output(&done), json!({ "approved": true }));
+    h.shutdown().await;
+}
