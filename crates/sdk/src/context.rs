@@ -35,12 +35,19 @@ pub struct Context {
 pub struct RunContext {
     /// `run_…`
     pub id: String,
+    /// Tags.
     pub tags: Vec<String>,
+    /// Whether it is a test run.
     pub is_test: bool,
+    /// Whether it replays another run.
     pub is_replay: bool,
+    /// When it was created (ms since the epoch).
     pub created_at: Millis,
+    /// When it started (ms since the epoch).
     pub started_at: Option<Millis>,
+    /// The idempotency key it was triggered with.
     pub idempotency_key: Option<String>,
+    /// Most attempts the run may make.
     pub max_attempts: Option<u32>,
     /// The worker version the run executes on.
     pub version: Option<String>,
@@ -48,7 +55,9 @@ pub struct RunContext {
     pub max_duration: Option<u32>,
     /// Priority in ms.
     pub priority: i64,
+    /// The run that triggered this one.
     pub parent_task_run_id: Option<String>,
+    /// The first run of the tree this run belongs to.
     pub root_task_run_id: Option<String>,
 }
 
@@ -57,26 +66,32 @@ pub struct RunContext {
 pub struct AttemptContext {
     /// 1 for the first attempt.
     pub number: u32,
+    /// When it started (ms since the epoch).
     pub started_at: Millis,
 }
 
 /// `ctx.task`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskContext {
+    /// The id.
     pub id: String,
+    /// The source file in the manifest.
     pub file_path: String,
 }
 
 /// `ctx.queue`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueContext {
+    /// The id.
     pub id: String,
+    /// The name.
     pub name: String,
 }
 
 /// `ctx.environment`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EnvironmentContext {
+    /// The id.
     pub id: String,
     /// `dev`, `stg`, `prod` or `preview`.
     pub slug: String,
@@ -87,21 +102,27 @@ pub struct EnvironmentContext {
 /// `ctx.project`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProjectContext {
+    /// The id.
     pub id: String,
 }
 
 /// `ctx.machine`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MachineContext {
+    /// The name.
     pub name: MachinePreset,
+    /// vCPUs.
     pub cpu: f64,
+    /// Memory in GB.
     pub memory: f64,
+    /// Indicative cost per millisecond, in cents.
     pub cents_per_ms: f64,
 }
 
 /// `ctx.batch`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchContext {
+    /// The id.
     pub id: String,
 }
 

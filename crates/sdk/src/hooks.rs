@@ -85,39 +85,53 @@ where
 /// Arguments of `on_start`, `on_start_attempt` and `cleanup`.
 #[derive(Debug, Clone)]
 pub struct StartArgs<P> {
+    /// The payload.
     pub payload: Arc<P>,
+    /// The run context.
     pub ctx: Context,
 }
 
 /// Arguments of `on_success`.
 #[derive(Debug)]
 pub struct SuccessArgs<P, O> {
+    /// The payload.
     pub payload: Arc<P>,
+    /// The output.
     pub output: Arc<O>,
+    /// The run context.
     pub ctx: Context,
 }
 
 /// Arguments of `on_failure` (the final failure only).
 #[derive(Debug, Clone)]
 pub struct FailureArgs<P> {
+    /// The payload.
     pub payload: Arc<P>,
+    /// The error.
     pub error: TaskError,
+    /// The run context.
     pub ctx: Context,
 }
 
 /// Arguments of `on_complete`: the output or the final error.
 #[derive(Debug)]
 pub struct CompleteArgs<P, O> {
+    /// The payload.
     pub payload: Arc<P>,
+    /// The output, or the final error.
     pub result: Result<Arc<O>, TaskError>,
+    /// The run context.
     pub ctx: Context,
 }
 
 /// Arguments of `catch_error`.
 #[derive(Debug, Clone)]
 pub struct CatchErrorArgs<P> {
+    /// The payload.
     pub payload: Arc<P>,
+    /// The error.
     pub error: TaskError,
+    /// The run context.
     pub ctx: Context,
     /// The retry policy in force, if any.
     pub retry: Option<RetryOptions>,
@@ -130,15 +144,20 @@ pub struct CatchErrorArgs<P> {
 /// Arguments of `on_wait` and `on_resume`.
 #[derive(Debug, Clone)]
 pub struct WaitArgs<P> {
+    /// The payload.
     pub payload: Arc<P>,
+    /// The run context.
     pub ctx: Context,
+    /// What the run waits on.
     pub wait: WaitInfo,
 }
 
 /// Arguments of `on_cancel`.
 #[derive(Debug, Clone)]
 pub struct CancelArgs<P> {
+    /// The payload.
     pub payload: Arc<P>,
+    /// The run context.
     pub ctx: Context,
 }
 
@@ -173,6 +192,7 @@ impl CatchError {
 
 /// Arguments of a middleware: call `next.run().await` to run the rest of the attempt.
 pub struct MiddlewareArgs {
+    /// The run context.
     pub ctx: Context,
     /// The payload as JSON.
     pub payload: Arc<Value>,

@@ -72,6 +72,8 @@
 //!   with a retry one second later; this uses up an attempt, as the engine has no "release
 //!   without failing" call yet.
 
+#![warn(missing_docs)]
+
 pub mod backend;
 mod client;
 pub mod context;

@@ -18,11 +18,17 @@ use crate::scope;
 /// Log levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
+    /// Finest detail.
     Trace,
+    /// Debugging detail.
     Debug,
+    /// Information.
     Info,
+    /// Plain log line (stored as `log`).
     Log,
+    /// A warning.
     Warn,
+    /// An error.
     Error,
 }
 

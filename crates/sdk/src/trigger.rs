@@ -32,10 +32,13 @@ pub struct TriggerOptions {
     pub delay: Option<Duration>,
     /// Expire if not started within this time (`Some(Duration::ZERO)` opts out).
     pub ttl: Option<Duration>,
+    /// Tags.
     pub tags: Vec<String>,
     /// Initial metadata (a JSON object).
     pub metadata: Option<Value>,
+    /// The machine preset.
     pub machine: Option<MachinePreset>,
+    /// Most attempts the run may make.
     pub max_attempts: Option<u32>,
     /// Compute-time limit (whole seconds).
     pub max_duration: Option<Duration>,
@@ -43,6 +46,7 @@ pub struct TriggerOptions {
     pub priority: Option<Duration>,
     /// Queue name (the queue must be declared by a worker).
     pub queue: Option<String>,
+    /// Gives each key its own copy of the queue's limit.
     pub concurrency_key: Option<String>,
     /// Lock to a worker version (plain triggers only).
     pub version: Option<String>,
@@ -104,6 +108,7 @@ impl TriggerOptions {
 pub struct RunHandle<O> {
     /// `run_…`
     pub id: String,
+    /// The task id.
     pub task_identifier: String,
     /// True when an idempotency key returned an existing run.
     pub is_cached: bool,
@@ -115,6 +120,7 @@ pub struct RunHandle<O> {
 pub struct TaskRunResult<O> {
     /// The child run.
     pub id: String,
+    /// The task id.
     pub task_identifier: String,
     /// The output, or how the child failed.
     pub result: std::result::Result<O, TaskRunError>,
@@ -151,6 +157,7 @@ impl<O> TaskRunResult<O> {
 pub struct BatchResult<O> {
     /// `batch_…`
     pub id: String,
+    /// One result per item, in item order.
     pub runs: Vec<TaskRunResult<O>>,
 }
 
@@ -159,6 +166,7 @@ pub struct BatchResult<O> {
 pub struct BatchHandle {
     /// `batch_…`
     pub batch_id: String,
+    /// How many runs the batch has.
     pub run_count: u32,
     /// The run of each item, in item order (the TS SDK v4 returns none; here they are free).
     pub runs: Vec<String>,
@@ -167,7 +175,9 @@ pub struct BatchHandle {
 /// One item of a batch: a payload with its own options.
 #[derive(Debug, Clone)]
 pub struct BatchTriggerItem<P> {
+    /// The payload.
     pub payload: P,
+    /// The item's own options.
     pub options: TriggerOptions,
 }
 

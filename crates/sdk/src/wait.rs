@@ -22,13 +22,27 @@ use crate::scope::{self, RunScope};
 #[derive(Debug, Clone, PartialEq)]
 pub enum WaitInfo {
     /// A point in time.
-    Duration { until: SystemTime },
+    Duration {
+        /// When the wait ends.
+        until: SystemTime,
+    },
     /// A waitpoint token.
-    Token { id: String },
+    Token {
+        /// The token (`waitpoint_…`).
+        id: String,
+    },
     /// A child run.
-    Task { run_id: String },
+    Task {
+        /// The child run.
+        run_id: String,
+    },
     /// A batch of child runs.
-    Batch { batch_id: String, run_count: u32 },
+    Batch {
+        /// The batch.
+        batch_id: String,
+        /// How many runs the batch has.
+        run_count: u32,
+    },
 }
 
 /// Blocks the current run with `block`, then waits until the engine continues it. Returns
@@ -132,6 +146,7 @@ pub struct CreateTokenOptions {
     pub idempotency_key: Option<String>,
     /// How long the key is remembered.
     pub idempotency_key_ttl: Option<Duration>,
+    /// Tags.
     pub tags: Vec<String>,
 }
 
@@ -180,7 +195,10 @@ pub enum TokenResult<T> {
     /// Completed with data.
     Ok(T),
     /// Timed out.
-    TimedOut { token_id: String },
+    TimedOut {
+        /// The token.
+        token_id: String,
+    },
 }
 
 impl<T> TokenResult<T> {
