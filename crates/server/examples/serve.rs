@@ -6,6 +6,13 @@ use trigger_server::{serve, Database, ServeOptions};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_http=debug".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let mut args = std::env::args().skip(1);
     let port = args.next().map(|p| p.parse()).transpose()?.unwrap_or(3030);
     let database = args.next().map_or(Database::Memory, |p| Database::Sqlite(p.into()));

@@ -97,6 +97,37 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
     }
 }
 
+/// A JSON body whatever its content type says, for the worker routes: the official CLI
+/// posts `JSON.stringify(…)` through `fetch` without a content type, which `fetch` then
+/// labels `text/plain`. Trigger.dev parses those bodies as JSON, so this does too.
+#[derive(Debug, Clone)]
+pub struct WorkerJson<T>(pub T);
+
+/// Like [`WorkerJson`], but an empty body is `None`.
+#[derive(Debug, Clone)]
+pub struct OptionalWorkerJson<T>(pub Option<T>);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for WorkerJson<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = body_bytes(req, state).await?;
+        parse_json(&bytes).map(WorkerJson)
+    }
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalWorkerJson<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = body_bytes(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalWorkerJson(None));
+        }
+        parse_json(&bytes).map(|v| OptionalWorkerJson(Some(v)))
+    }
+}
+
 /// The query string as ordered key/value pairs (`filter[status]=…`, `page[size]=…`).
 #[derive(Debug, Clone, Default)]
 pub struct QueryPairs(pub Vec<(String, String)>);

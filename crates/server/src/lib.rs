@@ -160,7 +160,10 @@ impl AppState {
 /// The server's router over a state.
 pub fn app(state: AppState) -> Router {
     routes::router(&state)
-        .fallback(|| async { Error::NotFound("No such route".into()) })
+        .fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
+            tracing::debug!(%method, %uri, "no such route");
+            Error::NotFound(format!("No such route: {method} {}", uri.path()))
+        })
         .method_not_allowed_fallback(|| async {
             (StatusCode::METHOD_NOT_ALLOWED, axum::Json(serde_json::json!({ "error": "Method not allowed" })))
                 .into_response()

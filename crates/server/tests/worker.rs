@@ -223,7 +223,15 @@ async fn a_run_goes_round_trip_through_a_worker() {
         "{status} {run_after}"
     );
 
-    // An empty dequeue answers after its (shortened) long poll.
+    // The official CLI posts worker bodies as `text/plain` (fetch with a string body); they
+    // are JSON all the same. An empty dequeue answers after its (shortened) long poll.
+    let body =
+        json!({ "currentWorker": worker_id, "oldWorkers": [], "timeoutMs": 50 }).to_string().into_bytes();
+    let plain = t
+        .send(Method::POST, "/engine/v1/dev/dequeue", Some(&key), Some("text/plain;charset=UTF-8"), body)
+        .await
+        .expect(200);
+    assert_eq!(plain, json!({ "dequeuedMessages": [] }));
     let empty = t
         .post(
             "/engine/v1/dev/dequeue",
@@ -423,8 +431,12 @@ async fn otlp_logs_and_spans_become_run_events() {
         .await
         .expect(200);
     assert_eq!(reply, json!({}));
-    let spans = json!({ "resourceSpans": [{ "resource": { "attributes": attrs }, "scopeSpans": [{ "spans": [
-        { "traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "00f067aa0ba902b7", "name": "fetch", "startTimeUnixNano": "1700000000000000000", "endTimeUnixNano": "1700000000500000000", "status": { "code": 2 } },
+    // The 4.8 SDK names the run on span attributes with a `$metadata.` prefix and the
+    // environment on the resource.
+    let resource = json!([{ "key": "ctx.environment.id", "value": { "stringValue": env } }]);
+    let span_attrs = json!([{ "key": "$metadata.ctx.run.id", "value": { "stringValue": run } }]);
+    let spans = json!({ "resourceSpans": [{ "resource": { "attributes": resource }, "scopeSpans": [{ "spans": [
+        { "traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "00f067aa0ba902b7", "name": "fetch", "startTimeUnixNano": "1700000000000000000", "endTimeUnixNano": "1700000000500000000", "status": { "code": 2 }, "attributes": span_attrs },
     ]}]}]});
     t.send(Method::POST, "/otel/v1/traces", None, Some("application/json"), spans.to_string().into_bytes())
         .await

@@ -11,7 +11,7 @@ use trigger_engine::{
 
 use crate::auth::{EnvCaller, PatCaller};
 use crate::error::{Error, Result};
-use crate::extract::{Json, QueryPairs};
+use crate::extract::{QueryPairs, WorkerJson};
 use crate::AppState;
 
 /// The account behind a PAT. There are no user accounts here, so the token stands in.
@@ -89,14 +89,18 @@ pub async fn envvars(
     Path(project_ref): Path<String>,
 ) -> Result<JsonResponse<Value>> {
     check_project(&caller, &project_ref)?;
+    Ok(JsonResponse(json!({ "variables": dev_env_vars(&state) })))
+}
+
+/// What task processes need to reach this server. The 4.8 CLI builds a run's environment
+/// from the `envVars` of the attempt-start response, so they are sent there too.
+pub(crate) fn dev_env_vars(state: &AppState) -> Value {
     let base = state.base_url();
-    Ok(JsonResponse(json!({
-        "variables": {
-            "TRIGGER_API_URL": base,
-            "TRIGGER_STREAM_URL": base,
-            "TRIGGER_OTEL_EXPORTER_OTLP_ENDPOINT": format!("{base}/otel"),
-        }
-    })))
+    json!({
+        "TRIGGER_API_URL": base,
+        "TRIGGER_STREAM_URL": base,
+        "TRIGGER_OTEL_EXPORTER_OTLP_ENDPOINT": format!("{base}/otel"),
+    })
 }
 
 /// `CreateBackgroundWorkerRequestBody` (the fields the engine uses).
@@ -210,7 +214,7 @@ pub async fn register_worker(
     State(state): State<AppState>,
     caller: EnvCaller,
     Path(project_ref): Path<String>,
-    Json(body): Json<RegisterBody>,
+    WorkerJson(body): WorkerJson<RegisterBody>,
 ) -> Result<JsonResponse<Value>> {
     check_project(&caller, &project_ref)?;
     let m = body.metadata;

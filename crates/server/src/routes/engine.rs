@@ -16,7 +16,7 @@ use trigger_engine::{Completion, DequeueRequest, MetadataUpdate, Packet, RetryPr
 
 use crate::auth::EnvCaller;
 use crate::error::{Error, Result};
-use crate::extract::{Json, OptionalJson, QueryPairs};
+use crate::extract::{OptionalWorkerJson, QueryPairs, WorkerJson};
 use crate::wire;
 use crate::AppState;
 
@@ -143,7 +143,7 @@ pub async fn dequeue(
     State(state): State<AppState>,
     caller: EnvCaller,
     headers: HeaderMap,
-    OptionalJson(body): OptionalJson<DequeueBody>,
+    OptionalWorkerJson(body): OptionalWorkerJson<DequeueBody>,
 ) -> Result<JsonResponse<Value>> {
     let body = body.unwrap_or_default();
     let instance = headers
@@ -173,14 +173,14 @@ pub async fn start_attempt(
     State(state): State<AppState>,
     caller: EnvCaller,
     Path((run_id, snapshot_id)): Path<(String, String)>,
-    OptionalJson(_body): OptionalJson<Value>,
+    OptionalWorkerJson(_body): OptionalWorkerJson<Value>,
 ) -> Result<JsonResponse<Value>> {
     let started = state.engine().start_attempt(&caller.env.id, &run_id, &snapshot_id).await?;
     Ok(JsonResponse(json!({
         "snapshot": wire::snapshot(&started.snapshot),
         "run": wire::run_meta(&started.run),
         "execution": wire::task_run_execution(&started, &caller),
-        "envVars": {},
+        "envVars": crate::routes::cli::dev_env_vars(&state),
     })))
 }
 
@@ -290,7 +290,7 @@ pub async fn complete_attempt(
     State(state): State<AppState>,
     caller: EnvCaller,
     Path((run_id, snapshot_id)): Path<(String, String)>,
-    Json(body): Json<CompleteBody>,
+    WorkerJson(body): WorkerJson<CompleteBody>,
 ) -> Result<JsonResponse<Value>> {
     let (completion, metadata) = completion(body.completion)?;
     let outcome =
@@ -308,7 +308,7 @@ pub async fn heartbeat(
     State(state): State<AppState>,
     caller: EnvCaller,
     Path((run_id, snapshot_id)): Path<(String, String)>,
-    OptionalJson(_body): OptionalJson<Value>,
+    OptionalWorkerJson(_body): OptionalWorkerJson<Value>,
 ) -> Result<JsonResponse<Value>> {
     state.engine().heartbeat(&caller.env.id, &run_id, &snapshot_id).await?;
     Ok(JsonResponse(json!({ "ok": true })))
@@ -339,7 +339,7 @@ pub async fn debug_log(
     State(state): State<AppState>,
     caller: EnvCaller,
     Path(run_id): Path<String>,
-    OptionalJson(body): OptionalJson<Value>,
+    OptionalWorkerJson(body): OptionalWorkerJson<Value>,
 ) -> Result<JsonResponse<Value>> {
     // Only for runs of the caller's environment, like every other run route.
     state.engine().latest_snapshot(&caller.env.id, &run_id).await?;
@@ -358,7 +358,7 @@ pub struct DisconnectBody {
 pub async fn disconnect(
     State(state): State<AppState>,
     caller: EnvCaller,
-    Json(body): Json<DisconnectBody>,
+    WorkerJson(body): WorkerJson<DisconnectBody>,
 ) -> Result<JsonResponse<Value>> {
     let mut cancelled = 0;
     for run_id in body.run_friendly_ids.iter().take(1000) {
@@ -387,7 +387,7 @@ pub async fn wait_for_duration(
     State(state): State<AppState>,
     caller: EnvCaller,
     Path(run_id): Path<String>,
-    Json(body): Json<WaitDurationBody>,
+    WorkerJson(body): WorkerJson<WaitDurationBody>,
 ) -> Result<JsonResponse<Value>> {
     let until = match &body.date {
         Value::String(s) => {

@@ -2,7 +2,8 @@
 //!
 //! Unauthenticated, as in Trigger.dev: the SDK exports without a key. A record is stored
 //! only when it names both its run (`ctx.run.id`, or `trigger.run_id`) and that run's
-//! environment (`ctx.environment.id`, or `trigger.env_id`) — the engine checks that the
+//! environment (`ctx.environment.id`, or `trigger.env_id`), each also accepted with the
+//! `$metadata.` prefix the 4.8 SDK puts on span attributes — the engine checks that the
 //! run belongs to the environment, so a guessed run id alone writes nothing. Protobuf
 //! bodies are accepted and ignored.
 
@@ -50,6 +51,7 @@ pub async fn metrics(RawBody(_body): RawBody) -> JsonResponse<Value> {
 
 fn json_body(headers: &HeaderMap, body: &[u8]) -> Option<Value> {
     if !is_json(headers) {
+        tracing::debug!(content_type = ?headers.get("content-type"), bytes = body.len(), "ignoring a non-JSON OTLP body");
         return None;
     }
     match serde_json::from_slice(body) {
@@ -105,7 +107,10 @@ fn attributes(list: Option<&Value>) -> Map<String, Value> {
 }
 
 fn find<'a>(keys: &[&str], a: &'a Map<String, Value>, b: &'a Map<String, Value>) -> Option<&'a Value> {
-    keys.iter().find_map(|k| a.get(*k).or_else(|| b.get(*k)))
+    keys.iter().find_map(|k| {
+        let prefixed = format!("$metadata.{k}");
+        [a, b].into_iter().find_map(|m| m.get(*k).or_else(|| m.get(&prefixed)))
+    })
 }
 
 fn nanos(v: Option<&Value>) -> i64 {
@@ -218,6 +223,7 @@ fn span_event(span: &Value, attrs: Map<String, Value>) -> RunEvent {
 
 async fn store(state: &AppState, events: BTreeMap<(String, String), Vec<RunEvent>>) {
     for ((env, run), events) in events {
+        tracing::debug!(run = %run, count = events.len(), "storing telemetry");
         if let Err(e) = state.engine().record_events(&env, &run, events).await {
             tracing::debug!(run = %run, error = %e, "dropping telemetry for a run that could not take it");
         }
