@@ -69,7 +69,8 @@
 //! - Payloads and outputs are plain JSON (serde), not SuperJSON.
 //! - Hooks are set once per task (one closure per kind); global hooks receive JSON.
 //! - Shutdown hands unfinished runs back as a failed attempt (`GRACEFUL_EXIT_TIMEOUT`)
-//!   with a retry one second later; this uses up an attempt, as the engine has no "release
+//!   with a retry five seconds later (so the engine queues it rather than keeping it on
+//!   this worker); this uses up an attempt, as the engine has no "release
 //!   without failing" call yet.
 
 #![warn(missing_docs)]

@@ -365,6 +365,9 @@ fn from_millis(ms: Millis) -> std::time::SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
 }
 
+/// How long after a shutdown a handed-back run is retried.
+const HAND_BACK_DELAY: Duration = Duration::from_secs(5);
+
 fn hooks_of<A>(list: &[(String, Hook<A>)]) -> Vec<Hook<A>> {
     list.iter().map(|(_, h)| h.clone()).collect()
 }
@@ -561,15 +564,16 @@ where
             return failure(e, None, usage_ms);
         }
         Some(CancelReason::Shutdown) => {
-            // Handed back: the engine retries it elsewhere after a short delay.
+            // Handed back. A delay at the engine's warm-start threshold (5 s by default) makes
+            // the engine queue the retry instead of leaving it with this worker.
             let e = TaskError::internal(
                 InternalErrorCode::GracefulExitTimeout,
                 "the worker shut down during the attempt",
             );
-            let at = now() + 1000;
+            let delay_ms = HAND_BACK_DELAY.as_millis() as u64;
             return Completion::Failure {
                 error: e.into_run_error(),
-                retry: Some(RetryProposal { at, delay_ms: 1000 }),
+                retry: Some(RetryProposal { at: now() + delay_ms as Millis, delay_ms }),
                 skipped_retrying: false,
                 usage_ms,
             };

@@ -160,3 +160,95 @@ async fn tokens_batches_and_a_limit_one_queue_with_a_waiting_parent() {
     assert_eq!(output(&done), json!({ "approved": true }));
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn machine_presets_bound_what_runs_at_once_and_global_hooks_see_every_task() {
+    static SEEN: AtomicU32 = AtomicU32::new(0);
+    trigger_sdk::tasks::on_success(
+        "count-successes",
+        |args: trigger_sdk::hooks::SuccessArgs<Value, Value>| async move {
+            if args.ctx.task.id == "heavy" {
+                assert_eq!(*args.output, json!("done"));
+                SEEN.fetch_add(1, Ordering::SeqCst);
+            }
+        },
+    );
+    let current = Arc::new(AtomicU32::new(0));
+    let max = Arc::new(AtomicU32::new(0));
+    let (c, m) = (current.clone(), max.clone());
+    let heavy =
+        task::<Value, Value>("heavy").machine(trigger_sdk::MachinePreset::Medium1x).run(move |_, ctx| {
+            let (c, m) = (c.clone(), m.clone());
+            async move {
+                assert_eq!(ctx.machine.name, trigger_sdk::MachinePreset::Medium1x);
+                let now = c.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                c.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, TaskError>(json!("done"))
+            }
+        });
+    // Room for two medium-1x machines (1 vCPU, 2 GB each) although ten slots are free.
+    let options = WorkerOptions { concurrency: 10, cpu: Some(2.0), memory: Some(4.0), ..common::options() };
+    let h = Harness::start(vec![heavy.into_task()], options).await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(trigger(&h, "heavy", json!({})).await);
+    }
+    for id in &ids {
+        assert_eq!(h.wait_final(id, Duration::from_secs(20)).await.run.status, RunStatus::Completed);
+    }
+    assert_eq!(max.load(Ordering::SeqCst), 2, "cpu and memory bound concurrency to two medium-1x runs");
+    assert_eq!(SEEN.load(Ordering::SeqCst), 6, "the global onSuccess hook ran for every run");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_drains_in_flight_runs_and_hands_back_the_rest() {
+    let quick = task::<Value, Value>("quick").run(|_, _| async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok::<_, TaskError>(json!("finished during the drain"))
+    });
+    let stuck = task::<Value, Value>("stuck")
+        .retry(trigger_sdk::RetryOptions { max_attempts: 2, ..Default::default() })
+        .run(|_, ctx| async move {
+            if ctx.attempt.number == 1 {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, TaskError>(json!("second attempt"))
+        });
+    let options = WorkerOptions { drain_timeout: Duration::from_millis(500), ..common::options() };
+    let h = Harness::start(vec![quick.clone().into_task(), stuck.clone().into_task()], options).await;
+    let q = trigger(&h, "quick", json!({})).await;
+    let s = trigger(&h, "stuck", json!({})).await;
+    h.wait_until(&q, Duration::from_secs(10), |d| d.run.status == RunStatus::Executing).await;
+    h.wait_until(&s, Duration::from_secs(10), |d| d.run.status == RunStatus::Executing).await;
+    let backend = h.backend.clone();
+    let mut h = h;
+    h.worker.take().unwrap().shutdown().await.unwrap();
+
+    let done = h.wait_final(&q, Duration::from_secs(5)).await;
+    assert_eq!(output(&done), json!("finished during the drain"));
+    let handed_back = h.run(&s).await;
+    assert!(!handed_back.run.status.is_final(), "the stuck run was handed back, not failed");
+    assert_eq!(
+        handed_back.run.error.as_ref().and_then(|e| e.code()),
+        Some(InternalErrorCode::GracefulExitTimeout)
+    );
+
+    // Another worker picks it up.
+    let worker = trigger_sdk::Worker::builder()
+        .backend(backend)
+        .options(common::options())
+        .task(quick)
+        .task(stuck)
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    h.worker = Some(worker);
+    let done = h.wait_final(&s, Duration::from_secs(20)).await;
+    assert_eq!(output(&done), json!("second attempt"));
+    h.shutdown().await;
+}

@@ -15,7 +15,7 @@
 //! - **Panics** fail the attempt (`Panic: the task panicked: …`); the worker keeps going.
 //! - **Shutdown.** Stop claiming, let in-flight runs finish within the drain timeout, then
 //!   fire their tokens: each hands its run back with `GRACEFUL_EXIT_TIMEOUT` and a retry
-//!   one second later (this uses up an attempt; see the crate docs).
+//!   five seconds later (this uses up an attempt; see the crate docs).
 
 pub(crate) mod capacity;
 
@@ -445,6 +445,7 @@ async fn execute_run(inner: Arc<Inner>, dequeued: Dequeued, lease: Arc<Lease>) {
             other => other,
         };
         match outcome {
+            Ok(_) if token.reason() == Some(CancelReason::Shutdown) => break,
             Ok(o) if o.status == AttemptStatus::RetryImmediately => {
                 let at = o.retry_at.unwrap_or_else(|| inner.backend.now());
                 let wait = (at - inner.backend.now()).max(0) as u64;
