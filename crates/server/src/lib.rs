@@ -171,3 +171,9 @@ pub fn app(state: AppState) -> Router {
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
+
+/// Resolves once shutdown has begun (the guard `wait_for` returns is dropped inside, so
+/// callers' futures stay `Send`).
+pub(crate) async fn shutdown_begun(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}

@@ -479,3 +479,74 @@ async fn presence_streams_until_shutdown() {
     // Shutdown ends the open stream instead of waiting on it forever.
     tokio::time::timeout(Duration::from_secs(5), t.server.shutdown()).await.expect("drains in time").unwrap();
 }
+
+/// The official CLI's push channel: socket.io on `/dev-worker`, `run:subscribe`, then a
+/// `run:notify` for each change of a subscribed run.
+#[tokio::test]
+async fn socket_io_notifies_subscribed_runs() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let t = TestServer::start().await;
+    t.register_worker().await;
+    let run = t.trigger("hello", json!({ "payload": "{}" })).await;
+    let other = t.trigger("hello", json!({ "payload": "{}" })).await;
+
+    let url = format!("{}/socket.io/?EIO=4&transport=websocket", t.base.replace("http://", "ws://"));
+    let mut refused = url.clone().into_client_request().unwrap();
+    refused.headers_mut().insert("authorization", "Bearer tr_dev_wrong".parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(refused).await.is_err(), "a bad key cannot open the socket");
+
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {}", t.dev_key).parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("websocket upgrade");
+    let open = next(&mut ws).await;
+    let handshake: Value =
+        serde_json::from_str(open.strip_prefix('0').expect("an Engine.IO open packet")).unwrap();
+    assert_fields(
+        &handshake,
+        &[("sid", "string"), ("pingInterval", "number"), ("pingTimeout", "number"), ("upgrades", "array")],
+    );
+
+    ws.send(Message::Text("40/dev-worker,".into())).await.unwrap();
+    let connected = next(&mut ws).await;
+    assert!(connected.starts_with("40/dev-worker,{\"sid\":"), "{connected}");
+    let subscribe =
+        format!(r#"42/dev-worker,["run:subscribe",{{"version":"1","runFriendlyIds":["{run}"]}}]"#);
+    ws.send(Message::Text(subscribe.into())).await.unwrap();
+    // Give the subscription a moment to land, with a round trip the server must answer.
+    ws.send(Message::Text("40/nope,".into())).await.unwrap();
+    assert!(next(&mut ws).await.starts_with("44/nope,"));
+
+    t.post(&format!("/api/v2/runs/{other}/cancel"), &t.dev_key, json!({})).await.expect(200);
+    t.post(&format!("/api/v2/runs/{run}/cancel"), &t.dev_key, json!({})).await.expect(200);
+    let notify = next(&mut ws).await;
+    let payload: Value =
+        serde_json::from_str(notify.strip_prefix("42/dev-worker,").expect("an event")).unwrap();
+    assert_eq!(
+        payload,
+        json!(["run:notify", { "version": "1", "run": { "friendlyId": run } }]),
+        "only the subscribed run is notified"
+    );
+    drop(ws);
+    t.server.shutdown().await.unwrap();
+}
+
+async fn next(
+    ws: &mut (impl futures_util::Stream<
+        Item = Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>,
+    > + Unpin),
+) -> String {
+    use futures_util::StreamExt;
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message in time")
+            .unwrap()
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+            return text.to_string();
+        }
+    }
+}

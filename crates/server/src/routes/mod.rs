@@ -17,6 +17,7 @@ pub mod engine;
 pub mod meta;
 pub mod otel;
 pub mod runs;
+pub mod socketio;
 pub mod waitpoints;
 
 /// Who may call a route.
@@ -274,6 +275,14 @@ pub(crate) fn routes() -> Vec<Route> {
             engine::presence,
         ),
         route(post.clone(), "/engine/v1/dev/dequeue", Env, Worker, "Claim runs (long poll)", engine::dequeue),
+        route(
+            get.clone(),
+            "/socket.io/",
+            Env,
+            Worker,
+            "The CLI's socket.io push channel (/dev-worker namespace)",
+            socketio::socket,
+        ),
         route(
             get.clone(),
             "/engine/v1/dev/runs/notifications",
