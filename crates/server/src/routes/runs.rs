@@ -27,7 +27,7 @@ pub struct TriggerBody {
 }
 
 /// `TriggerTaskRequestBody.options` (and a batch item's `options`). Unions (`delay`, `ttl`,
-/// `tags`, `queue`, `metadata`) stay JSON values and are checked by [`parse_options`], so
+/// `tags`, `queue`, `metadata`) stay JSON values and are checked by `parse_options`, so
 /// that a bad value is reported under its own field name.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
