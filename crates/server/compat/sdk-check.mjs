@@ -45,6 +45,9 @@ await wait.completeToken(tok.id, { approved: true }); ok("wait.completeToken");
 const tr2 = await wait.retrieveToken(tok.id); if (tr2.status !== "COMPLETED" || tr2.output?.approved !== true) throw new Error("token output " + JSON.stringify(tr2)); ok("wait.retrieveToken completed output " + JSON.stringify(tr2.output));
 let tn = 0; for await (const t of wait.listTokens({ status: "COMPLETED" })) tn++; ok("wait.listTokens " + tn);
 await idempotencyKeys.reset("hello", "k1", { scope: "global" }).catch(e => { throw new Error("reset " + e) }); ok("idempotencyKeys.reset");
+const bigText = "x".repeat(200 * 1024);
+const big = await tasks.trigger("hello", { big: bigText });
+const bigRun = await runs.retrieve(big.id); if (bigRun.payload?.big !== bigText) throw new Error("offloaded payload did not round-trip"); ok("offloaded 200 KB payload round-trips");
 const tz = await schedules.timezones(); ok("schedules.timezones " + tz.timezones.length);
 try { await tasks.trigger("nope", {}); throw new Error("expected 404"); } catch (e) { if (e.status !== 404) throw e; ok("unknown task -> " + e.constructor.name); }
 try { await tasks.trigger("hello", {}, { tags: Array.from({ length: 11 }, (_, i) => "t" + i) }); throw new Error("expected 422"); } catch (e) { if (e.status !== 422) throw e; ok("11 tags -> " + e.constructor.name + ": " + e.message); }

@@ -68,6 +68,7 @@ use trigger_engine::{ApiKey, Engine};
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod packets;
 pub mod routes;
 mod serve;
 pub mod wire;
@@ -89,6 +90,9 @@ struct Shared {
     /// `projects/{ref}/{env}` call. Memory only: keys are stored hashed.
     cli_keys: Mutex<HashMap<String, String>>,
     shutdown: watch::Sender<bool>,
+    packets: packets::PacketStore,
+    /// Signs packet URLs; per process, so URLs die with it (they live an hour anyway).
+    packet_secret: String,
 }
 
 impl std::fmt::Debug for AppState {
@@ -101,6 +105,15 @@ impl AppState {
     /// State over an engine; `base_url` is the URL clients reach this server at (used in
     /// callback URLs, env vars and the CLI's `apiUrl`).
     pub fn new(engine: Engine, base_url: impl Into<String>) -> AppState {
+        AppState::with_packets(engine, base_url, packets::PacketStore::memory())
+    }
+
+    /// Like [`AppState::new`], keeping offloaded payloads and outputs in `packets`.
+    pub fn with_packets(
+        engine: Engine,
+        base_url: impl Into<String>,
+        packets: packets::PacketStore,
+    ) -> AppState {
         AppState {
             inner: Arc::new(Shared {
                 engine,
@@ -108,8 +121,18 @@ impl AppState {
                 auth: auth::AuthCache::default(),
                 cli_keys: Mutex::new(HashMap::new()),
                 shutdown: watch::channel(false).0,
+                packets,
+                packet_secret: trigger_types::ids::random_alphanumeric(32),
             }),
         }
+    }
+
+    pub fn packets(&self) -> &packets::PacketStore {
+        &self.inner.packets
+    }
+
+    pub(crate) fn packet_secret(&self) -> &str {
+        &self.inner.packet_secret
     }
 
     pub fn engine(&self) -> &Engine {

@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use trigger_engine::{ApiKeyKind, Engine, EngineOptions, EnvironmentType, Tenancy};
 use trigger_storage_sqlite::SqliteStore;
 
+use crate::packets::PacketStore;
 use crate::{app, AppState};
 
 /// Where runs are stored.
@@ -85,6 +86,13 @@ pub struct Server {
     engine: Engine,
 }
 
+/// Offloaded payloads and outputs live beside the database: `trigger.db` → `trigger.db.packets/`.
+fn packet_dir(db: &std::path::Path) -> PathBuf {
+    let mut name = db.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "trigger.db".into());
+    name.push(".packets");
+    db.with_file_name(name)
+}
+
 /// Opens the database, starts the engine, bootstraps the default project, and listens.
 pub async fn serve(options: ServeOptions) -> Result<Server, ServeError> {
     let store = match &options.database {
@@ -97,7 +105,11 @@ pub async fn serve(options: ServeOptions) -> Result<Server, ServeError> {
         tokio::net::TcpListener::bind(&addr).await.map_err(|source| ServeError::Bind { addr, source })?;
     let local = listener.local_addr()?;
     let base_url = options.public_url.clone().unwrap_or_else(|| format!("http://{local}"));
-    let state = AppState::new(engine.clone(), base_url.clone());
+    let packets = match &options.database {
+        Database::Sqlite(path) => PacketStore::Dir(packet_dir(path)),
+        Database::Memory => PacketStore::memory(),
+    };
+    let state = AppState::with_packets(engine.clone(), base_url.clone(), packets);
     let bootstrap = bootstrap(&state).await?;
     log_bootstrap(&bootstrap, local);
 

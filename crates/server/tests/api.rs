@@ -666,3 +666,66 @@ async fn health_timezones_and_cli_bootstrap() {
     t.get("/api/v1/runs", &t.dev_key).await.expect_error(401, "Invalid");
     t.server.shutdown().await.unwrap();
 }
+
+/// Offloaded payloads: presign, upload to the signed URL, trigger with the storage path,
+/// and read it back through the run's presigned URL.
+#[tokio::test]
+async fn offloaded_packets_round_trip_through_signed_urls() {
+    let t = TestServer::start().await;
+    t.register_worker().await;
+    let key = t.dev_key.clone();
+
+    let presigned = t
+        .send(
+            Method::PUT,
+            "/api/v2/packets/run_x%2Fpayload.json",
+            Some(&key),
+            Some("application/json"),
+            Vec::new(),
+        )
+        .await
+        .expect(200);
+    assert_fields(&presigned, &[("presignedUrl", "string"), ("storagePath", "string")]);
+    assert_eq!(presigned["storagePath"], "run_x/payload.json");
+    let upload = presigned["presignedUrl"].as_str().unwrap().strip_prefix(&t.base).unwrap().to_string();
+    let big = json!({ "big": "x".repeat(200 * 1024) }).to_string();
+    t.send(Method::PUT, &upload, None, Some("application/json"), big.clone().into_bytes()).await.expect(200);
+    // A tampered signature is refused and stores nothing.
+    let tampered = upload.replace("sig=", "sig=0");
+    t.send(Method::PUT, &tampered, None, Some("application/json"), b"{}".to_vec())
+        .await
+        .expect_error(404, "Packet");
+
+    let run = t
+        .trigger(
+            "hello",
+            json!({ "payload": "run_x/payload.json", "options": { "payloadType": "application/store" } }),
+        )
+        .await;
+    let retrieved = t.get(&format!("/api/v3/runs/{run}"), &key).await.expect(200);
+    assert!(retrieved.get("payload").is_none());
+    let download = retrieved["payloadPresignedUrl"]
+        .as_str()
+        .expect("a presigned payload URL")
+        .strip_prefix(&t.base)
+        .unwrap()
+        .to_string();
+    let response = t.raw(Method::GET, &download, None, None, Vec::new()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    use http_body_util::BodyExt;
+    assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), big.as_bytes());
+
+    let by_run = t.get(&format!("/api/v1/runs/{run}/packets/payload"), &key).await.expect(200);
+    assert_fields(&by_run, &[("presignedUrl", "string")]);
+    t.get(&format!("/api/v1/runs/{run}/packets/output"), &key).await.expect_error(404, "output");
+    t.get("/api/v1/packets/run_x%2Fpayload.json", &key).await.expect(200);
+    t.get("/api/v1/packets/run_x%2Fpayload.json", &t.prod_key).await.expect_error(404, "Packet");
+    t.send(Method::PUT, "/api/v1/tasks/hello/trigger", Some(&key), None, Vec::new())
+        .await
+        .expect_error(405, "Method");
+    t.post("/api/v1/tasks/hello/trigger", &key, json!({ "options": { "payloadType": "application/store" } }))
+        .await
+        .expect_error(422, "payload");
+    t.server.shutdown().await.unwrap();
+}

@@ -100,6 +100,7 @@ pub(crate) fn openapi_document(base_url: &str) -> Value {
             .path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| name.trim_start_matches('*'))
             .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
             .collect();
         let mut op = json!({
@@ -144,7 +145,7 @@ pub(crate) fn openapi_document(base_url: &str) -> Value {
 fn operation_id(method: &str, path: &str) -> String {
     let mut id = method.to_ascii_lowercase();
     for seg in path.split('/').filter(|s| !s.is_empty() && *s != "api") {
-        let seg = seg.trim_start_matches('{').trim_end_matches('}');
+        let seg = seg.trim_start_matches('{').trim_start_matches('*').trim_end_matches('}');
         let mut chars = seg.chars().filter(|c| c.is_ascii_alphanumeric());
         if let Some(first) = chars.next() {
             id.push(first.to_ascii_uppercase());

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod engine;
 pub mod meta;
 pub mod otel;
+pub mod packets;
 pub mod runs;
 pub mod socketio;
 pub mod waitpoints;
@@ -167,6 +168,48 @@ pub(crate) fn routes() -> Vec<Route> {
             Management,
             "Reset an idempotency key",
             runs::reset_idempotency_key,
+        ),
+        // Offloaded payloads and outputs (128 KB and more).
+        route(
+            put.clone(),
+            "/api/v2/packets/{*path}",
+            Env,
+            Management,
+            "Presign a packet upload",
+            packets::upload_url,
+        ),
+        route(
+            get.clone(),
+            "/api/v1/packets/{*path}",
+            Env,
+            Management,
+            "Presign a packet download",
+            packets::download_url,
+        ),
+        route(
+            get.clone(),
+            "/api/v1/runs/{runId}/packets/{field}",
+            Env,
+            Management,
+            "Presign a run's offloaded payload or output",
+            packets::run_packet_url,
+        ),
+        route(
+            put.clone(),
+            "/api/v1/packet-data",
+            Public,
+            System,
+            "Signed packet upload target",
+            packets::put_data,
+        )
+        .limit(Some(11 * MIB)),
+        route(
+            get.clone(),
+            "/api/v1/packet-data",
+            Public,
+            System,
+            "Signed packet download target",
+            packets::get_data,
         ),
         // Batches.
         route(post.clone(), "/api/v3/batches", Env, Management, "Create a batch (phase 1)", batches::create),

@@ -258,7 +258,17 @@ pub(crate) async fn retrieve_value(state: &AppState, env_id: &str, run_id: &str)
         };
     }
     related.children = engine.list_children(env_id, run_id).await?;
-    Ok(wire::retrieve_run(&details.run, &details.payload, details.output.as_ref(), &related))
+    let mut value = wire::retrieve_run(&details.run, &details.payload, details.output.as_ref(), &related);
+    // Offloaded values are handed out as URLs, which the SDK fetches itself.
+    for (packet, field) in
+        [(Some(&details.payload), "payloadPresignedUrl"), (details.output.as_ref(), "outputPresignedUrl")]
+    {
+        if let Some(p) = packet.filter(|p| p.data_type == "application/store") {
+            let path = p.data.as_deref().unwrap_or_default();
+            value[field] = serde_json::json!(crate::routes::packets::signed_url(state, "GET", env_id, path));
+        }
+    }
+    Ok(value)
 }
 
 pub async fn retrieve(
