@@ -39,9 +39,10 @@
 //! # How it fits together
 //!
 //! - **Backends.** Everything reaches the engine through the [`backend::Backend`] trait.
-//!   [`backend::Embedded`] runs the engine in-process on SQLite (no server). An HTTP backend
-//!   for the server's Trigger.dev-compatible endpoints is not written yet; the trait is the
-//!   seam it will plug into.
+//!   [`backend::Embedded`] runs the engine in-process on SQLite (no server; the default,
+//!   and the one pushed changes come from directly). [`backend::Http`] speaks the server's
+//!   Trigger.dev-compatible endpoints (`TRIGGER_API_URL`, `TRIGGER_SECRET_KEY`,
+//!   `TRIGGER_PROJECT_REF`), with changes pushed over the server's SSE channel.
 //! - **The current run** is a Tokio task-local set around each attempt, so [`metadata`],
 //!   [`logger`], [`locals`], [`wait`], [`idempotency_keys`] and triggering find their run
 //!   without being handed it. Futures spawned with `tokio::spawn` from `run` leave that

@@ -1,9 +1,8 @@
 //! The transport seam: how the worker and the in-task APIs reach the run engine.
 //!
 //! [`Backend`] is the engine's worker and management surface for one environment. The
-//! [`Embedded`] backend calls an [`Engine`](trigger_engine::Engine) in the same process; an
-//! HTTP backend speaking the server's Trigger.dev-compatible endpoints implements the same
-//! trait. Types are the engine's own (`trigger_engine::*`), so both backends hand the
+//! [`Embedded`] backend calls an [`Engine`](trigger_engine::Engine) in the same process; the
+//! [`Http`] backend speaks the server's Trigger.dev-compatible endpoints. Types are the engine's own (`trigger_engine::*`), so both backends hand the
 //! worker exactly the same values.
 
 use std::future::Future;
@@ -23,8 +22,10 @@ use trigger_engine::{
 use crate::error::Result;
 
 mod embedded;
+mod http;
 
 pub use embedded::Embedded;
+pub use http::Http;
 
 /// A boxed, sendable future (what [`Backend`] methods return).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

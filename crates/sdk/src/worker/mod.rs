@@ -370,6 +370,12 @@ async fn dispatch(
         let received = rx.recv().await;
         let Some(inner) = inner.upgrade() else { return };
         match received {
+            Ok(change) if change.run_id.is_empty() => {
+                // A transport's "resync": every run re-reads its snapshot.
+                for run in inner.active.lock().unwrap_or_else(|e| e.into_inner()).values() {
+                    run.changes.send_modify(|n| *n += 1);
+                }
+            }
             Ok(change) => {
                 let active = inner.active.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(run) = active.get(&change.run_id) {
@@ -438,11 +444,14 @@ async fn execute_run(inner: Arc<Inner>, dequeued: Dequeued, lease: Arc<Lease>) {
         let outcome =
             inner.backend.complete_attempt(&run_id, &current, completion.clone(), metadata.clone()).await;
         let outcome = match outcome {
-            Err(Error::Engine(trigger_engine::Error::StaleSnapshot { latest, .. })) => {
+            Err(e) => match inner.backend.latest_snapshot(&run_id).await {
                 // The engine moved on (a wait completed as we finished): name the latest.
-                inner.backend.complete_attempt(&run_id, &latest, completion, metadata).await
-            }
-            other => other,
+                Ok((run, latest)) if latest.id != current && !run.status.is_final() => {
+                    inner.backend.complete_attempt(&run_id, &latest.id, completion, metadata).await
+                }
+                _ => Err(e),
+            },
+            ok => ok,
         };
         match outcome {
             Ok(_) if token.reason() == Some(CancelReason::Shutdown) => break,

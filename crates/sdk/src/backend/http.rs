@@ -1,0 +1,976 @@
+//! The HTTP backend: the server's Trigger.dev-compatible endpoints (`/api/…`, `/engine/…`),
+//! over plain HTTP/1.1 (put TLS in front with a proxy; `https` URLs are refused).
+//!
+//! Responses are Trigger.dev's JSON shapes; they are mapped onto the engine's types, and
+//! fields the wire does not carry are left at their defaults (timestamps are 0, a run's
+//! retry policy is unknown). Changes are pushed over the server's SSE channel
+//! (`/engine/v1/dev/runs/notifications`).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Map, Value};
+use tokio::sync::broadcast;
+use trigger_engine::{
+    AttemptOutcome, AttemptStatus, Batch, BatchItem, BatchStatus, CompletedWaitpoint, Completion,
+    CreateBatch, DequeueRequest, Dequeued, Environment, EnvironmentType, ExecutionStatus, ItemsAdded,
+    MachinePreset, MetadataUpdate, Millis, Packet, Page, QueueDef, ReplayOverrides, Run, RunChange,
+    RunDetails, RunEvent, RunFilter, RunStatus, Snapshot, StartedAttempt, TaskDef, TaskRunError,
+    TokenOptions, TriggerFunction, TriggerOptions, TriggerRequest, Triggered, Waitpoint, WaitpointStatus,
+    WaitpointType, WorkerManifest, WorkerVersion,
+};
+
+use super::{Backend, BoxFuture};
+use crate::error::{Error, Result};
+
+/// The server's endpoints, with an environment's secret key.
+#[derive(Clone)]
+pub struct Http {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    base: String,
+    key: String,
+    project_ref: Option<String>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    changes: Mutex<Option<broadcast::Sender<RunChange>>>,
+    /// The environment, learnt from the first attempt (log records name it).
+    env_id: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for Http {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http").field("base", &self.inner.base).finish_non_exhaustive()
+    }
+}
+
+impl Http {
+    /// A backend for a server at `api_url` (`http://…`) with a secret key (`tr_dev_…`). The
+    /// project ref (`proj_…`) is needed to register a worker.
+    pub fn new(api_url: &str, secret_key: &str, project_ref: Option<String>) -> Result<Http> {
+        if !api_url.starts_with("http://") {
+            return Err(Error::Protocol(format!("only http:// URLs are supported, got {api_url:?}")));
+        }
+        Ok(Http {
+            inner: Arc::new(Inner {
+                base: api_url.trim_end_matches('/').to_string(),
+                key: secret_key.to_string(),
+                project_ref,
+                client: Client::builder(TokioExecutor::new()).build_http(),
+                changes: Mutex::new(None),
+                env_id: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// From `TRIGGER_API_URL`, `TRIGGER_SECRET_KEY` and `TRIGGER_PROJECT_REF`.
+    pub fn from_env() -> Result<Http> {
+        let url = std::env::var("TRIGGER_API_URL").unwrap_or_else(|_| "http://localhost:3030".into());
+        let key = std::env::var("TRIGGER_SECRET_KEY")
+            .map_err(|_| Error::Protocol("TRIGGER_SECRET_KEY is not set".into()))?;
+        Http::new(&url, &key, std::env::var("TRIGGER_PROJECT_REF").ok())
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Option<(String, &str)>) -> Result<Value> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.inner.base, path))
+            .header("authorization", format!("Bearer {}", self.inner.key))
+            .header("x-trigger-api-version", "2025-07-16")
+            .header("accept", "application/json");
+        let body = match body {
+            Some((text, content_type)) => {
+                req = req.header("content-type", content_type);
+                Full::new(Bytes::from(text))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        let req = req.body(body).map_err(|e| Error::Protocol(e.to_string()))?;
+        let response =
+            self.inner.client.request(req).await.map_err(|e| Error::Protocol(format!("{path}: {e}")))?;
+        let status = response.status();
+        let bytes =
+            response.into_body().collect().await.map_err(|e| Error::Protocol(e.to_string()))?.to_bytes();
+        let value: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes)? };
+        if status.is_success() {
+            return Ok(value);
+        }
+        let message = value.get("error").and_then(Value::as_str).unwrap_or("request failed").to_string();
+        Err(match status {
+            StatusCode::NOT_FOUND => trigger_engine::Error::NotFound(message).into(),
+            StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST => {
+                trigger_engine::Error::Invalid(message).into()
+            }
+            StatusCode::PAYLOAD_TOO_LARGE => trigger_engine::Error::TooLarge(message).into(),
+            StatusCode::CONFLICT => trigger_engine::Error::InvalidState(message).into(),
+            other => Error::Protocol(format!("{path}: HTTP {other}: {message}")),
+        })
+    }
+
+    async fn get(&self, path: &str) -> Result<Value> {
+        self.send(Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<Value> {
+        self.send(Method::POST, path, Some((body.to_string(), "application/json"))).await
+    }
+
+    /// Reads the push channel into `tx`, reconnecting after errors, while anyone listens.
+    async fn notifications(self, tx: broadcast::Sender<RunChange>) {
+        loop {
+            if tx.receiver_count() == 0 {
+                *self.inner.changes.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                return;
+            }
+            let req = Request::builder()
+                .uri(format!("{}/engine/v1/dev/runs/notifications", self.inner.base))
+                .header("authorization", format!("Bearer {}", self.inner.key))
+                .header("accept", "text/event-stream")
+                .body(Full::new(Bytes::new()));
+            if let Ok(req) = req {
+                if let Ok(response) = self.inner.client.request(req).await {
+                    let mut body = response.into_body();
+                    let mut buffer = String::new();
+                    while let Some(Ok(frame)) = body.frame().await {
+                        let Ok(data) = frame.into_data() else { continue };
+                        buffer.push_str(&String::from_utf8_lossy(&data));
+                        while let Some(end) = buffer.find("\n\n") {
+                            let event: String = buffer.drain(..end + 2).collect();
+                            if let Some(change) = parse_event(&event) {
+                                let _ = tx.send(change);
+                            }
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+fn parse_event(event: &str) -> Option<RunChange> {
+    let mut name = "";
+    let mut data = String::new();
+    for line in event.lines() {
+        if let Some(v) = line.strip_prefix("event:") {
+            name = v.trim();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            data.push_str(v.trim());
+        }
+    }
+    let v: Value = serde_json::from_str(&data).ok()?;
+    match name {
+        "run" => Some(RunChange {
+            run_id: str_of(&v["run"]["friendlyId"]),
+            env_id: String::new(),
+            status: RunStatus::Executing,
+            snapshot_id: str_of(&v["snapshot"]["friendlyId"]),
+            execution_status: ExecutionStatus::parse(v["snapshot"]["executionStatus"].as_str()?)?,
+            worker_instance: None,
+        }),
+        // Missed changes: an empty run id wakes every waiter to re-read its snapshot.
+        "resync" => Some(RunChange {
+            run_id: String::new(),
+            env_id: String::new(),
+            status: RunStatus::Executing,
+            snapshot_id: String::new(),
+            execution_status: ExecutionStatus::Executing,
+            worker_instance: None,
+        }),
+        _ => None,
+    }
+}
+
+fn str_of(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
+}
+
+fn opt_str(v: &Value) -> Option<String> {
+    v.as_str().map(str::to_string)
+}
+
+fn db_status(s: &str) -> RunStatus {
+    match s {
+        "PENDING_VERSION" | "WAITING_FOR_DEPLOY" => RunStatus::PendingVersion,
+        "DELAYED" => RunStatus::Delayed,
+        "PENDING" | "QUEUED" => RunStatus::Queued,
+        "DEQUEUED" => RunStatus::Dequeued,
+        "WAITING_TO_RESUME" | "PAUSED" | "WAITING" => RunStatus::Waiting,
+        "COMPLETED_SUCCESSFULLY" | "COMPLETED" => RunStatus::Completed,
+        "CANCELED" => RunStatus::Canceled,
+        "COMPLETED_WITH_ERRORS" | "INTERRUPTED" | "FAILED" => RunStatus::Failed,
+        "CRASHED" => RunStatus::Crashed,
+        "SYSTEM_FAILURE" => RunStatus::SystemFailure,
+        "EXPIRED" => RunStatus::Expired,
+        "TIMED_OUT" => RunStatus::TimedOut,
+        _ => RunStatus::Executing,
+    }
+}
+
+/// A run with only an id and a task; the wire fills in what it knows.
+fn blank_run(id: String, task: String) -> Run {
+    Run {
+        id,
+        env_id: String::new(),
+        task,
+        status: RunStatus::Queued,
+        snapshot_id: String::new(),
+        execution_status: ExecutionStatus::Queued,
+        queue: String::new(),
+        concurrency_key: None,
+        priority_ms: 0,
+        queue_timestamp: 0,
+        tags: Vec::new(),
+        metadata: None,
+        metadata_type: "application/json".into(),
+        machine: None,
+        max_attempts: None,
+        max_duration_secs: None,
+        ttl_ms: None,
+        delay_until: None,
+        idempotency_key: None,
+        idempotency_key_expires_at: None,
+        idempotency_key_options: None,
+        parent_run_id: None,
+        root_run_id: None,
+        depth: 0,
+        batch_id: None,
+        batch_index: None,
+        resume_parent_on_completion: false,
+        trigger_function: TriggerFunction::Trigger,
+        is_test: false,
+        replayed_from: None,
+        lock_to_version: None,
+        worker_id: None,
+        worker_instance: None,
+        retry: None,
+        attempt_number: 0,
+        dequeue_count: 0,
+        error: None,
+        usage_ms: 0,
+        trace_id: None,
+        span_id: None,
+        created_at: 0,
+        updated_at: 0,
+        queued_at: None,
+        started_at: None,
+        completed_at: None,
+        expired_at: None,
+    }
+}
+
+fn completed_waitpoint(v: &Value) -> CompletedWaitpoint {
+    CompletedWaitpoint {
+        id: str_of(&v["id"]),
+        kind: v["type"].as_str().and_then(WaitpointType::parse).unwrap_or(WaitpointType::Manual),
+        completed_at: 0,
+        index: v["index"].as_u64().map(|i| i as u32),
+        idempotency_key: opt_str(&v["idempotencyKey"]),
+        completed_by_run_id: opt_str(&v["completedByTaskRun"]["id"]),
+        completed_by_batch_id: opt_str(&v["completedByBatch"]["id"])
+            .or_else(|| opt_str(&v["completedByTaskRun"]["batch"]["id"])),
+        completed_after: None,
+        output: opt_str(&v["output"]),
+        output_type: v["outputType"].as_str().unwrap_or("application/json").to_string(),
+        output_is_error: v["outputIsError"].as_bool().unwrap_or(false),
+    }
+}
+
+fn snapshot(run: &Run, s: &Value, completed: &Value) -> Snapshot {
+    Snapshot {
+        id: str_of(&s["id"]),
+        run_id: run.id.clone(),
+        execution_status: s["executionStatus"]
+            .as_str()
+            .and_then(ExecutionStatus::parse)
+            .unwrap_or(ExecutionStatus::Executing),
+        run_status: run.status,
+        description: str_of(&s["description"]),
+        attempt_number: run.attempt_number,
+        worker_instance: None,
+        batch_id: None,
+        completed_waitpoints: completed
+            .as_array()
+            .map(|a| a.iter().map(completed_waitpoint).collect())
+            .unwrap_or_default(),
+        created_at: 0,
+    }
+}
+
+/// `RunExecutionData` → the run (as far as known) and its snapshot.
+fn execution_data(v: &Value) -> (Run, Snapshot) {
+    let mut run = blank_run(str_of(&v["run"]["id"]), String::new());
+    run.status = db_status(v["run"]["status"].as_str().unwrap_or(""));
+    run.attempt_number = v["run"]["attemptNumber"].as_u64().unwrap_or(0) as u32;
+    let snap = snapshot(&run, &v["snapshot"], &v["completedWaitpoints"]);
+    run.snapshot_id = snap.id.clone();
+    run.execution_status = snap.execution_status;
+    (run, snap)
+}
+
+fn packet_of(value: &Value) -> Packet {
+    match value {
+        Value::Null => Packet { data: None, data_type: "application/json".into() },
+        v => Packet::json(v),
+    }
+}
+
+fn options_json(o: &TriggerOptions, now: Millis) -> Value {
+    let mut m = Map::new();
+    let mut put = |k: &str, v: Value| {
+        if !v.is_null() {
+            m.insert(k.into(), v);
+        }
+    };
+    put("queue", json!(o.queue));
+    put("concurrencyKey", json!(o.concurrency_key));
+    put("delay", json!(o.delay_until.filter(|at| *at > now)));
+    put("ttl", json!(o.ttl_ms.map(|ms| ms / 1000)));
+    if !o.tags.is_empty() {
+        put("tags", json!(o.tags));
+    }
+    if let Some(meta) = &o.metadata {
+        put("metadata", json!(meta));
+        put("metadataType", json!(o.metadata_type.clone().unwrap_or_else(|| "application/json".into())));
+    }
+    put("machine", json!(o.machine.map(MachinePreset::name)));
+    put("maxAttempts", json!(o.max_attempts));
+    put("maxDuration", json!(o.max_duration_secs));
+    if o.priority_ms != 0 {
+        put("priority", json!(o.priority_ms as f64 / 1000.0));
+    }
+    put("idempotencyKey", json!(o.idempotency_key));
+    put("idempotencyKeyTTL", json!(o.idempotency_key_ttl_ms.map(|ms| format!("{}s", ms / 1000))));
+    put("idempotencyKeyOptions", json!(o.idempotency_key_options));
+    put("parentRunId", json!(o.parent_run_id));
+    if o.resume_parent_on_completion {
+        put("resumeParentOnCompletion", json!(true));
+    }
+    put("lockToVersion", json!(o.lock_to_version));
+    if o.is_test {
+        put("test", json!(true));
+    }
+    put("payloadType", json!("application/json"));
+    Value::Object(m)
+}
+
+fn trigger_body(req: &TriggerRequest, now: Millis) -> Value {
+    json!({ "payload": req.payload.data, "options": options_json(&req.options, now) })
+}
+
+fn token(v: &Value, id: Option<&str>) -> Waitpoint {
+    Waitpoint {
+        id: id.map(str::to_string).unwrap_or_else(|| str_of(&v["id"])),
+        env_id: String::new(),
+        kind: WaitpointType::Manual,
+        status: match v["status"].as_str() {
+            Some("COMPLETED") | Some("TIMED_OUT") => WaitpointStatus::Completed,
+            _ => WaitpointStatus::Pending,
+        },
+        idempotency_key: opt_str(&v["idempotencyKey"]),
+        idempotency_key_expires_at: None,
+        user_provided_key: false,
+        completed_by_run_id: None,
+        completed_by_batch_id: None,
+        completed_after: None,
+        timeout_at: None,
+        output: v.get("output").filter(|o| !o.is_null()).map(|o| o.to_string()),
+        output_type: "application/json".into(),
+        output_is_error: v["status"].as_str() == Some("TIMED_OUT"),
+        tags: Vec::new(),
+        callback_secret: None,
+        created_at: 0,
+        completed_at: None,
+    }
+}
+
+fn path_id(id: &str) -> String {
+    id.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')).collect()
+}
+
+impl Backend for Http {
+    fn now(&self) -> Millis {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as Millis)
+            .unwrap_or(0)
+    }
+
+    fn register_worker(&self, manifest: WorkerManifest) -> BoxFuture<'_, Result<WorkerVersion>> {
+        Box::pin(async move {
+            let project =
+                self.inner.project_ref.clone().ok_or_else(|| {
+                    Error::Protocol("registering a worker needs TRIGGER_PROJECT_REF".into())
+                })?;
+            let tasks: Vec<Value> = manifest
+                .tasks
+                .iter()
+                .map(|t| {
+                    json!({
+                        "id": t.slug,
+                        "filePath": t.file_path,
+                        "exportName": t.export_name,
+                        "description": t.description,
+                        "queue": t.queue_name.as_ref().map(|n| json!({ "name": n })),
+                        "retry": t.retry,
+                        "machine": t.machine.map(|m| json!({ "preset": m.name() })),
+                        "maxDuration": t.max_duration_secs,
+                        "ttl": t.ttl_ms.map(|ms| format!("{}s", ms / 1000)),
+                    })
+                })
+                .collect();
+            let queues: Vec<Value> = manifest
+                .queues
+                .iter()
+                .map(|q| json!({ "name": q.name, "concurrencyLimit": q.concurrency_limit }))
+                .collect();
+            let body = json!({ "metadata": {
+                "contentHash": manifest.content_hash,
+                "packageVersion": manifest.sdk_version,
+                "tasks": tasks,
+                "queues": queues,
+            }});
+            let v = self
+                .post(&format!("/api/v1/projects/{}/background-workers", path_id(&project)), body)
+                .await?;
+            Ok(WorkerVersion {
+                id: str_of(&v["id"]),
+                env_id: String::new(),
+                version: str_of(&v["version"]),
+                content_hash: str_of(&v["contentHash"]),
+                sdk_version: manifest.sdk_version,
+                cli_version: None,
+                created_at: 0,
+            })
+        })
+    }
+
+    fn dequeue(&self, request: DequeueRequest, wait: Duration) -> BoxFuture<'_, Result<Vec<Dequeued>>> {
+        Box::pin(async move {
+            let mut body = json!({
+                "currentWorker": request.worker_id,
+                "maxRuns": request.max_runs,
+                "timeoutMs": wait.as_millis() as u64,
+            });
+            if let (Some(cpu), Some(memory)) = (request.cpu, request.memory) {
+                body["maxResources"] = json!({ "cpu": cpu, "memory": memory });
+            }
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri(format!("{}/engine/v1/dev/dequeue", self.inner.base))
+                .header("authorization", format!("Bearer {}", self.inner.key))
+                .header("content-type", "application/json")
+                .header("x-trigger-worker-instance", &request.worker_instance)
+                .body(Full::new(Bytes::from(body.to_string())))
+                .map_err(|e| Error::Protocol(e.to_string()))?;
+            let response =
+                self.inner.client.request(req).await.map_err(|e| Error::Protocol(e.to_string()))?;
+            let bytes =
+                response.into_body().collect().await.map_err(|e| Error::Protocol(e.to_string()))?.to_bytes();
+            let v: Value = serde_json::from_slice(&bytes)?;
+            let messages = v["dequeuedMessages"].as_array().cloned().unwrap_or_default();
+            Ok(messages
+                .iter()
+                .map(|m| {
+                    let mut run = blank_run(str_of(&m["run"]["id"]), String::new());
+                    run.attempt_number = m["run"]["attemptNumber"].as_u64().unwrap_or(0) as u32;
+                    run.is_test = m["run"]["isTest"].as_bool().unwrap_or(false);
+                    run.queue = str_of(&m["run"]["masterQueue"]);
+                    let machine = m["run"]["machine"]["name"]
+                        .as_str()
+                        .and_then(MachinePreset::parse)
+                        .unwrap_or_default();
+                    run.machine = Some(machine);
+                    let snap = snapshot(&run, &m["snapshot"], &m["completedWaitpoints"]);
+                    run.snapshot_id = snap.id.clone();
+                    let worker = WorkerVersion {
+                        id: str_of(&m["backgroundWorker"]["id"]),
+                        env_id: String::new(),
+                        version: str_of(&m["backgroundWorker"]["version"]),
+                        content_hash: String::new(),
+                        sdk_version: None,
+                        cli_version: None,
+                        created_at: 0,
+                    };
+                    let task = task_def(&run, &worker);
+                    Dequeued { run, snapshot: snap, worker, task, machine }
+                })
+                .collect())
+        })
+    }
+
+    fn start_attempt(&self, run_id: &str, snapshot_id: &str) -> BoxFuture<'_, Result<StartedAttempt>> {
+        let path = format!(
+            "/engine/v1/dev/runs/{}/snapshots/{}/attempts/start",
+            path_id(run_id),
+            path_id(snapshot_id)
+        );
+        Box::pin(async move {
+            let v = self.post(&path, json!({})).await?;
+            let e = &v["execution"];
+            let r = &e["run"];
+            let mut run = blank_run(str_of(&r["id"]), str_of(&e["task"]["id"]));
+            run.status = db_status(v["run"]["status"].as_str().unwrap_or(""));
+            run.attempt_number = e["attempt"]["number"].as_u64().unwrap_or(0) as u32;
+            run.tags = serde_json::from_value(r["tags"].clone()).unwrap_or_default();
+            run.is_test = r["isTest"].as_bool().unwrap_or(false);
+            run.idempotency_key = opt_str(&r["idempotencyKey"]);
+            run.max_attempts = r["maxAttempts"].as_u64().map(|n| n as u32);
+            run.max_duration_secs = r["maxDuration"].as_u64().map(|n| n as u32);
+            run.metadata = r.get("metadata").filter(|m| m.is_object()).map(|m| m.to_string());
+            run.parent_run_id = opt_str(&r["parentTaskRunId"]);
+            run.root_run_id = opt_str(&r["rootTaskRunId"]);
+            run.queue = str_of(&e["queue"]["name"]);
+            run.machine = e["machine"]["name"].as_str().and_then(MachinePreset::parse);
+            run.batch_id = opt_str(&e["batch"]["id"]);
+            let snap = snapshot(&run, &v["snapshot"], &Value::Null);
+            run.snapshot_id = snap.id.clone();
+            run.execution_status = snap.execution_status;
+            let worker = WorkerVersion {
+                id: String::new(),
+                env_id: String::new(),
+                version: str_of(&r["version"]),
+                content_hash: String::new(),
+                sdk_version: None,
+                cli_version: None,
+                created_at: 0,
+            };
+            let mut task = task_def(&run, &worker);
+            task.file_path = str_of(&e["task"]["filePath"]);
+            let environment = Environment {
+                id: str_of(&e["environment"]["id"]),
+                project_id: str_of(&e["project"]["id"]),
+                kind: e["environment"]["type"]
+                    .as_str()
+                    .and_then(EnvironmentType::parse)
+                    .unwrap_or(EnvironmentType::Development),
+                concurrency_limit: 0,
+                paused: false,
+                created_at: 0,
+            };
+            *self.inner.env_id.lock().unwrap_or_else(|e| e.into_inner()) = Some(environment.id.clone());
+            let queue = QueueDef {
+                id: str_of(&e["queue"]["id"]),
+                env_id: environment.id.clone(),
+                name: run.queue.clone(),
+                concurrency_limit: None,
+                paused: false,
+                named: true,
+                created_at: 0,
+                updated_at: 0,
+            };
+            let payload = Packet {
+                data: opt_str(&r["payload"]).filter(|p| !p.is_empty()),
+                data_type: r["payloadType"].as_str().unwrap_or("application/json").to_string(),
+            };
+            Ok(StartedAttempt {
+                run,
+                snapshot: snap,
+                payload,
+                environment,
+                worker: Some(worker),
+                task: Some(task),
+                queue: Some(queue),
+            })
+        })
+    }
+
+    fn complete_attempt(
+        &self,
+        run_id: &str,
+        snapshot_id: &str,
+        completion: Completion,
+        metadata: Option<MetadataUpdate>,
+    ) -> BoxFuture<'_, Result<AttemptOutcome>> {
+        let path = format!(
+            "/engine/v1/dev/runs/{}/snapshots/{}/attempts/complete",
+            path_id(run_id),
+            path_id(snapshot_id)
+        );
+        Box::pin(async move {
+            let proposed = match &completion {
+                Completion::Failure { retry: Some(r), .. } => Some(r.at),
+                _ => None,
+            };
+            let mut c = match completion {
+                Completion::Success { output, usage_ms } => json!({
+                    "ok": true,
+                    "output": output.data,
+                    "outputType": output.data_type,
+                    "usage": { "durationMs": usage_ms },
+                }),
+                Completion::Failure { error, retry, skipped_retrying, usage_ms } => json!({
+                    "ok": false,
+                    "error": error,
+                    "retry": retry.map(|r| json!({ "timestamp": r.at, "delay": r.delay_ms })),
+                    "skippedRetrying": skipped_retrying,
+                    "usage": { "durationMs": usage_ms },
+                }),
+            };
+            if let Some(m) = metadata {
+                c["metadata"] = serde_json::to_value(m)?;
+            }
+            let v = self.post(&path, json!({ "completion": c })).await?;
+            let result = &v["result"];
+            let mut run = blank_run(str_of(&result["run"]["id"]), String::new());
+            run.status = db_status(result["run"]["status"].as_str().unwrap_or(""));
+            run.attempt_number = result["run"]["attemptNumber"].as_u64().unwrap_or(0) as u32;
+            let snap = snapshot(&run, &result["snapshot"], &Value::Null);
+            let status = result["attemptStatus"]
+                .as_str()
+                .and_then(AttemptStatus::parse)
+                .unwrap_or(AttemptStatus::RunFinished);
+            // The engine keeps the worker's proposal, which the response does not repeat.
+            let retry_at =
+                (status == AttemptStatus::RetryImmediately).then(|| proposed.unwrap_or_else(|| self.now()));
+            Ok(AttemptOutcome { status, run, snapshot: snap, retry_at })
+        })
+    }
+
+    fn heartbeat(&self, run_id: &str, snapshot_id: &str) -> BoxFuture<'_, Result<()>> {
+        let path =
+            format!("/engine/v1/dev/runs/{}/snapshots/{}/heartbeat", path_id(run_id), path_id(snapshot_id));
+        Box::pin(async move { self.post(&path, json!({})).await.map(|_| ()) })
+    }
+
+    fn latest_snapshot(&self, run_id: &str) -> BoxFuture<'_, Result<(Run, Snapshot)>> {
+        let path = format!("/engine/v1/dev/runs/{}/snapshots/latest", path_id(run_id));
+        Box::pin(async move { Ok(execution_data(&self.get(&path).await?["execution"])) })
+    }
+
+    fn snapshots_since(&self, run_id: &str, after: Option<&str>) -> BoxFuture<'_, Result<Vec<Snapshot>>> {
+        let path = format!(
+            "/engine/v1/dev/runs/{}/snapshots/since/{}",
+            path_id(run_id),
+            path_id(after.unwrap_or(""))
+        );
+        Box::pin(async move {
+            let v = self.get(&path).await?;
+            Ok(v["snapshots"]
+                .as_array()
+                .map(|a| a.iter().map(|s| execution_data(s).1).collect())
+                .unwrap_or_default())
+        })
+    }
+
+    fn subscribe(&self) -> Option<broadcast::Receiver<RunChange>> {
+        let mut guard = self.inner.changes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = guard.as_ref() {
+            return Some(tx.subscribe());
+        }
+        let (tx, rx) = broadcast::channel(1024);
+        *guard = Some(tx.clone());
+        tokio::spawn(self.clone().notifications(tx));
+        Some(rx)
+    }
+
+    fn trigger(&self, request: TriggerRequest) -> BoxFuture<'_, Result<Triggered>> {
+        Box::pin(async move {
+            let body = trigger_body(&request, self.now());
+            let v = self.post(&format!("/api/v1/tasks/{}/trigger", path_id(&request.task)), body).await?;
+            let mut run = blank_run(str_of(&v["id"]), request.task.clone());
+            run.parent_run_id = request.options.parent_run_id.clone();
+            Ok(Triggered { run, is_cached: v["isCached"].as_bool().unwrap_or(false) })
+        })
+    }
+
+    fn create_batch(&self, request: CreateBatch) -> BoxFuture<'_, Result<(Batch, bool)>> {
+        Box::pin(async move {
+            let body = json!({
+                "runCount": request.expected_count,
+                "parentRunId": request.parent_run_id,
+                "resumeParentOnCompletion": request.resume_parent_on_completion,
+                "idempotencyKey": request.idempotency_key,
+            });
+            let v = self.post("/api/v3/batches", body).await?;
+            Ok((
+                Batch {
+                    id: str_of(&v["id"]),
+                    env_id: String::new(),
+                    status: BatchStatus::Pending,
+                    expected_count: request.expected_count,
+                    run_count: 0,
+                    completed_count: 0,
+                    failed_count: 0,
+                    sealed: false,
+                    idempotency_key: request.idempotency_key,
+                    idempotency_key_expires_at: None,
+                    parent_run_id: request.parent_run_id,
+                    resume_parent_on_completion: request.resume_parent_on_completion,
+                    waitpoint_id: None,
+                    errors: Vec::new(),
+                    created_at: 0,
+                    updated_at: 0,
+                    completed_at: None,
+                },
+                v["isCached"].as_bool().unwrap_or(false),
+            ))
+        })
+    }
+
+    fn add_batch_items(&self, batch_id: &str, items: Vec<BatchItem>) -> BoxFuture<'_, Result<ItemsAdded>> {
+        let path = format!("/api/v3/batches/{}/items", path_id(batch_id));
+        Box::pin(async move {
+            let now = self.now();
+            let lines: String = items
+                .iter()
+                .map(|i| {
+                    let mut line = trigger_body(&i.request, now);
+                    line["index"] = json!(i.index);
+                    line["task"] = json!(i.request.task);
+                    format!("{line}\n")
+                })
+                .collect();
+            let v = self.send(Method::POST, &path, Some((lines, "application/x-ndjson"))).await?;
+            let accepted = v["itemsAccepted"].as_u64().unwrap_or(items.len() as u64) as u32;
+            let (batch, _) = self.create_batch_stub(&v, &path);
+            Ok(ItemsAdded {
+                batch,
+                accepted,
+                deduplicated: v["itemsDeduplicated"].as_u64().unwrap_or(0) as u32,
+            })
+        })
+    }
+
+    fn wait_for_duration(
+        &self,
+        run_id: &str,
+        _snapshot_id: &str,
+        until: Millis,
+        idempotency_key: Option<String>,
+    ) -> BoxFuture<'_, Result<Waitpoint>> {
+        let path = format!("/engine/v1/runs/{}/wait/duration", path_id(run_id));
+        Box::pin(async move {
+            let v = self.post(&path, json!({ "date": until, "idempotencyKey": idempotency_key })).await?;
+            let mut wp = token(&Value::Null, v["waitpoint"]["id"].as_str());
+            wp.kind = WaitpointType::DateTime;
+            wp.completed_after = Some(until);
+            Ok(wp)
+        })
+    }
+
+    fn create_token(&self, options: TokenOptions) -> BoxFuture<'_, Result<(Waitpoint, bool)>> {
+        Box::pin(async move {
+            let mut body = json!({ "tags": options.tags });
+            if let Some(at) = options.timeout_at {
+                body["timeout"] = json!(trigger_engine::iso8601(at));
+            }
+            if let Some(key) = options.idempotency_key {
+                body["idempotencyKey"] = json!(key);
+            }
+            let v = self.post("/api/v1/waitpoints/tokens", body).await?;
+            Ok((token(&v, None), v["isCached"].as_bool().unwrap_or(false)))
+        })
+    }
+
+    fn wait_for_token(
+        &self,
+        run_id: &str,
+        _snapshot_id: &str,
+        token_id: &str,
+    ) -> BoxFuture<'_, Result<Waitpoint>> {
+        let path =
+            format!("/engine/v1/runs/{}/waitpoints/tokens/{}/wait", path_id(run_id), path_id(token_id));
+        let id = token_id.to_string();
+        Box::pin(async move {
+            self.post(&path, json!({})).await?;
+            Ok(token(&Value::Null, Some(&id)))
+        })
+    }
+
+    fn complete_token(&self, token_id: &str, data: Packet) -> BoxFuture<'_, Result<Waitpoint>> {
+        let path = format!("/api/v1/waitpoints/tokens/{}/complete", path_id(token_id));
+        let id = token_id.to_string();
+        Box::pin(async move {
+            let data: Value =
+                data.data.as_deref().map(serde_json::from_str).transpose()?.unwrap_or(Value::Null);
+            self.post(&path, json!({ "data": data })).await?;
+            Ok(token(&json!({ "status": "COMPLETED" }), Some(&id)))
+        })
+    }
+
+    fn get_waitpoint(&self, id: &str) -> BoxFuture<'_, Result<Waitpoint>> {
+        let path = format!("/api/v1/waitpoints/tokens/{}", path_id(id));
+        Box::pin(async move { Ok(token(&self.get(&path).await?, None)) })
+    }
+
+    fn update_metadata(&self, run_id: &str, update: MetadataUpdate) -> BoxFuture<'_, Result<Value>> {
+        let path = format!("/api/v1/runs/{}/metadata", path_id(run_id));
+        Box::pin(async move {
+            let body = serde_json::to_string(&update)?;
+            let v = self.send(Method::PUT, &path, Some((body, "application/json"))).await?;
+            Ok(v["metadata"].clone())
+        })
+    }
+
+    fn record_events(&self, _run_id: &str, events: Vec<RunEvent>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let env_id =
+                self.inner.env_id.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default();
+            let records: Vec<Value> = events
+                .iter()
+                .map(|e| {
+                    let attributes: Vec<Value> = e
+                        .attributes
+                        .as_object()
+                        .map(|o| {
+                            o.iter()
+                                .map(|(k, v)| json!({ "key": k, "value": { "stringValue": match v { Value::String(s) => s.clone(), v => v.to_string() } } }))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let mut attributes = attributes;
+                    attributes.push(json!({ "key": "ctx.run.id", "value": { "stringValue": e.run_id } }));
+                    attributes.push(json!({ "key": "ctx.environment.id", "value": { "stringValue": env_id } }));
+                    if let Some(n) = e.attempt_number {
+                        attributes.push(json!({ "key": "ctx.attempt.number", "value": { "intValue": n.to_string() } }));
+                    }
+                    json!({
+                        "timeUnixNano": e.start_time_ns.to_string(),
+                        "severityText": e.level.to_uppercase(),
+                        "body": { "stringValue": e.message },
+                        "attributes": attributes,
+                    })
+                })
+                .collect();
+            let body = json!({ "resourceLogs": [{ "scopeLogs": [{ "logRecords": records }] }] });
+            self.post("/otel/v1/logs", body).await.map(|_| ())
+        })
+    }
+
+    fn get_run(&self, run_id: &str) -> BoxFuture<'_, Result<RunDetails>> {
+        let path = format!("/api/v3/runs/{}", path_id(run_id));
+        Box::pin(async move {
+            let v = self.get(&path).await?;
+            let mut run = blank_run(str_of(&v["id"]), str_of(&v["taskIdentifier"]));
+            run.status = v["status"].as_str().and_then(RunStatus::parse).unwrap_or(RunStatus::Queued);
+            run.attempt_number = v["attemptCount"].as_u64().unwrap_or(0) as u32;
+            run.tags = serde_json::from_value(v["tags"].clone()).unwrap_or_default();
+            run.is_test = v["isTest"].as_bool().unwrap_or(false);
+            run.idempotency_key = opt_str(&v["idempotencyKey"]);
+            run.metadata = v.get("metadata").filter(|m| m.is_object()).map(|m| m.to_string());
+            run.batch_id = opt_str(&v["batchId"]);
+            run.error = v.get("error").filter(|e| e.is_object()).map(|e| TaskRunError::BuiltIn {
+                name: e["name"].as_str().unwrap_or("Error").to_string(),
+                message: str_of(&e["message"]),
+                stack_trace: str_of(&e["stackTrace"]),
+                causes: None,
+            });
+            let output = v.get("output").map(packet_of);
+            Ok(RunDetails { run, payload: packet_of(&v["payload"]), output })
+        })
+    }
+
+    fn list_runs(&self, filter: RunFilter, page: Page) -> BoxFuture<'_, Result<Vec<Run>>> {
+        Box::pin(async move {
+            let mut query = vec![format!("page[size]={}", page.size.clamp(1, 100))];
+            if !filter.tasks.is_empty() {
+                query.push(format!("filter[taskIdentifier]={}", filter.tasks.join(",")));
+            }
+            if !filter.statuses.is_empty() {
+                let s: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+                query.push(format!("filter[status]={}", s.join(",")));
+            }
+            if let Some(b) = &filter.batch_id {
+                query.push(format!("filter[batch]={}", path_id(b)));
+            }
+            if let Some(after) = &page.after {
+                query.push(format!("page[after]={}", path_id(after)));
+            }
+            let v = self.get(&format!("/api/v1/runs?{}", query.join("&"))).await?;
+            Ok(v["data"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|r| {
+                            let mut run = blank_run(str_of(&r["id"]), str_of(&r["taskIdentifier"]));
+                            run.status =
+                                r["status"].as_str().and_then(RunStatus::parse).unwrap_or(RunStatus::Queued);
+                            run
+                        })
+                        .collect()
+                })
+                .unwrap_or_default())
+        })
+    }
+
+    fn cancel(&self, run_id: &str) -> BoxFuture<'_, Result<Run>> {
+        let path = format!("/api/v2/runs/{}/cancel", path_id(run_id));
+        let id = run_id.to_string();
+        Box::pin(async move {
+            self.post(&path, json!({})).await?;
+            Ok(self.get_run(&id).await?.run)
+        })
+    }
+
+    fn replay(&self, run_id: &str, _overrides: ReplayOverrides) -> BoxFuture<'_, Result<Triggered>> {
+        let path = format!("/api/v1/runs/{}/replay", path_id(run_id));
+        Box::pin(async move {
+            let v = self.post(&path, json!({})).await?;
+            Ok(Triggered { run: blank_run(str_of(&v["id"]), String::new()), is_cached: false })
+        })
+    }
+
+    fn reschedule(&self, run_id: &str, delay_until: Millis) -> BoxFuture<'_, Result<Run>> {
+        let path = format!("/api/v1/runs/{}/reschedule", path_id(run_id));
+        Box::pin(async move {
+            let v = self.post(&path, json!({ "delay": trigger_engine::iso8601(delay_until) })).await?;
+            let mut run = blank_run(str_of(&v["id"]), str_of(&v["taskIdentifier"]));
+            run.status = v["status"].as_str().and_then(RunStatus::parse).unwrap_or(RunStatus::Delayed);
+            run.delay_until = Some(delay_until);
+            Ok(run)
+        })
+    }
+}
+
+impl Http {
+    fn create_batch_stub(&self, v: &Value, path: &str) -> (Batch, bool) {
+        let id = v["id"].as_str().map(str::to_string).unwrap_or_else(|| {
+            path.trim_start_matches("/api/v3/batches/").trim_end_matches("/items").to_string()
+        });
+        let batch = Batch {
+            id,
+            env_id: String::new(),
+            status: BatchStatus::Processing,
+            expected_count: 0,
+            run_count: 0,
+            completed_count: 0,
+            failed_count: 0,
+            sealed: v["sealed"].as_bool().unwrap_or(false),
+            idempotency_key: None,
+            idempotency_key_expires_at: None,
+            parent_run_id: None,
+            resume_parent_on_completion: false,
+            waitpoint_id: None,
+            errors: Vec::new(),
+            created_at: 0,
+            updated_at: 0,
+            completed_at: None,
+        };
+        (batch, false)
+    }
+}
+
+fn task_def(run: &Run, worker: &WorkerVersion) -> TaskDef {
+    TaskDef {
+        env_id: String::new(),
+        worker_id: worker.id.clone(),
+        slug: run.task.clone(),
+        file_path: String::new(),
+        export_name: None,
+        description: None,
+        queue: run.queue.clone(),
+        retry: None,
+        machine: run.machine,
+        max_duration_secs: run.max_duration_secs,
+        ttl_ms: None,
+        payload_schema: None,
+        created_at: 0,
+    }
+}
