@@ -83,8 +83,15 @@ impl Engine {
     /// Starts an engine on a store. With a real clock this must be called inside a Tokio
     /// runtime: timers then fire by themselves. With a [`crate::ManualClock`] nothing fires
     /// until [`Engine::fire_due_timers`] is called.
-    pub fn start(store: impl Store, options: EngineOptions) -> Engine {
+    pub fn start(mut store: impl Store, options: EngineOptions) -> Engine {
         let notifier = Arc::new(Notifier::new());
+        // Effects committed by other processes on a shared database wake this one too.
+        let remote = Arc::downgrade(&notifier);
+        store.listen(Arc::new(move |effects| {
+            if let Some(notifier) = remote.upgrade() {
+                notifier.publish(effects);
+            }
+        }));
         let writer =
             Writer::start(Box::new(store), options.clock.clone(), Arc::new(options.config), notifier.clone());
         let (stop, stopped) = watch::channel(false);

@@ -88,9 +88,13 @@ impl Notifier {
         envs.entry(env_id.to_string()).or_insert_with(|| Arc::new(Notify::new())).clone()
     }
 
-    fn publish(&self, effects: Vec<Effect>) {
+    pub(crate) fn publish(&self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
+                Effect::WorkAvailable { env_id } if env_id.is_empty() => {
+                    let envs = self.envs.lock().unwrap_or_else(|e| e.into_inner());
+                    envs.values().for_each(|n| n.notify_waiters());
+                }
                 Effect::WorkAvailable { env_id } => self.env(&env_id).notify_waiters(),
                 Effect::RunChanged(change) => {
                     let _ = self.changes.send(change);
@@ -243,6 +247,9 @@ fn run_batch(
             tx.rollback_to_savepoint()?;
             effects.truncate(mark);
         }
+    }
+    if !effects.is_empty() {
+        tx.publish(effects)?;
     }
     tx.commit()?;
     Ok(true)

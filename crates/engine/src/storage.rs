@@ -10,9 +10,12 @@
 //!
 //! Errors carry a portable [`ErrorKind`]; the engine never looks at SQLSTATE codes.
 
+use std::sync::Arc;
+
 use trigger_types::Millis;
 
 use crate::model::*;
+use crate::txn::Effect;
 
 /// What went wrong in storage, in terms the engine can act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,10 +50,23 @@ impl StorageError {
 /// Result of a storage call.
 pub type StorageResult<T> = std::result::Result<T, StorageError>;
 
+/// Where a store delivers the effects other processes committed (see [`Store::listen`]).
+pub type RemoteSink = Arc<dyn Fn(Vec<Effect>) + Send + Sync>;
+
 /// A database the engine can run on. Owned by the engine's writer thread.
 pub trait Store: Send + 'static {
     /// Begins a read-write transaction.
     fn begin(&mut self) -> StorageResult<Box<dyn Tx + '_>>;
+
+    /// Called once by the engine at start: a backend shared by several processes delivers
+    /// to `sink` the effects the others publish with [`Tx::publish`] (work available, run
+    /// changes), so that their dequeuers and change feeds wake here too. An
+    /// [`Effect::WorkAvailable`] with an empty `env_id` wakes every environment (sent after
+    /// notifications may have been missed). The backend keeps listening through failures
+    /// on its own. Default: nothing to deliver (no other process writes).
+    fn listen(&mut self, sink: RemoteSink) {
+        let _ = sink;
+    }
 }
 
 /// One transaction. Dropping it without [`Tx::commit`] rolls it back.
@@ -63,6 +79,13 @@ pub trait Tx {
     fn release_savepoint(&mut self) -> StorageResult<()>;
     /// Undoes every write since the savepoint and forgets it.
     fn rollback_to_savepoint(&mut self) -> StorageResult<()>;
+    /// Announces the transaction's effects to other processes sharing the database, to be
+    /// delivered only if it commits. Called right before [`Tx::commit`] when there are
+    /// effects. Default: nothing to announce to.
+    fn publish(&mut self, effects: &[Effect]) -> StorageResult<()> {
+        let _ = effects;
+        Ok(())
+    }
 
     // Tenancy: organisations, projects and credentials.
 

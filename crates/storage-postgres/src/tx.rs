@@ -1,0 +1,1069 @@
+//! [`PostgresTx`]: the engine's [`Tx`] over one PostgreSQL transaction (`READ COMMITTED`).
+//!
+//! Every statement is prepared once per connection, and each method is one statement where
+//! it can be (`ON CONFLICT` upserts, `RETURNING`, data-modifying CTEs): the engine applies
+//! thousands of commands per transaction, so round trips are what the hot path costs.
+//!
+//! What keeps replicas apart: `lock_*` read `FOR UPDATE`; [`Tx::env_running`] reads the
+//! environment's counter row `FOR UPDATE`, so the replicas taking slots of one environment
+//! take turns and each sees the others' committed counts (every limit check reads it
+//! first); [`Tx::claimable_subqueues`] locks the subqueues it returns `SKIP LOCKED`; timers
+//! are taken with `DELETE … WHERE key IN (SELECT … FOR UPDATE SKIP LOCKED)`. Counters change
+//! only by `± 1` on the latest row version, so they stay exact under concurrency. `acquire`
+//! and `release` touch the environment row before the subqueue row, the order the limit
+//! checks lock them in.
+
+use serde::de::DeserializeOwned;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+use trigger_engine::model::{
+    ApiKey, Batch, BlockEdge, Environment, Holder, Organization, Packet, Page, Project, QueueDef, ReadyEntry,
+    Run, RunEvent, RunFilter, Snapshot, Subqueue, TaskDef, Timer, TimerKind, Waitpoint, WaitpointFilter,
+    WorkerVersion,
+};
+use trigger_engine::storage::{ErrorKind, StorageError, StorageResult, Tx};
+use trigger_engine::txn::Effect;
+use trigger_types::{Millis, RunStatus, WaitpointStatus};
+
+use crate::error::{corrupt, decode, encode};
+use crate::notify::payloads;
+use crate::store::Session;
+
+/// Page size when [`Page::size`] is 0.
+const DEFAULT_PAGE_SIZE: u32 = 25;
+
+type Param = Box<dyn ToSql + Sync + Send>;
+
+/// One open transaction on a [`crate::PostgresStore`]'s connection. Dropping it without
+/// [`Tx::commit`] rolls it back.
+pub struct PostgresTx<'s> {
+    session: &'s mut Session,
+    /// `(channel, origin)` when effects are announced with `NOTIFY`.
+    notify: Option<(&'s str, &'s str)>,
+    /// Still needs a `COMMIT` or `ROLLBACK`.
+    open: bool,
+    /// Set when a statement failed: PostgreSQL refuses everything after it until a
+    /// `ROLLBACK TO SAVEPOINT`, and would turn a `COMMIT` into a silent rollback.
+    failed: Option<StorageError>,
+}
+
+impl<'s> PostgresTx<'s> {
+    pub(crate) fn new(session: &'s mut Session, notify: Option<(&'s str, &'s str)>) -> Self {
+        PostgresTx { session, notify, open: true, failed: None }
+    }
+
+    fn note<T>(&mut self, r: StorageResult<T>) -> StorageResult<T> {
+        if let Err(e) = &r {
+            if self.failed.is_none() {
+                self.failed = Some(e.clone());
+            }
+        }
+        r
+    }
+
+    fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StorageResult<Vec<Row>> {
+        let r = self.session.query(sql, params);
+        self.note(r)
+    }
+
+    fn exec(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StorageResult<u64> {
+        let r = self.session.execute(sql, params);
+        self.note(r)
+    }
+
+    fn batch(&mut self, sql: &str) -> StorageResult<()> {
+        let r = self.session.batch(sql);
+        self.note(r)
+    }
+
+    /// The JSON body in column 0 of the first row, decoded.
+    fn body<T: DeserializeOwned>(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> StorageResult<Option<T>> {
+        match self.query(sql, params)?.first() {
+            Some(row) => Ok(Some(decode(&get::<String>(row, 0)?)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The JSON bodies in column 0 of every row, decoded.
+    fn bodies<T: DeserializeOwned>(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> StorageResult<Vec<T>> {
+        self.query(sql, params)?.iter().map(|row| decode(&get::<String>(row, 0)?)).collect()
+    }
+
+    /// Runs a list query built by [`Query`]; reverses it when it was read oldest first.
+    fn list<T: DeserializeOwned>(&mut self, q: Query) -> StorageResult<Vec<T>> {
+        let params: Vec<&(dyn ToSql + Sync)> =
+            q.args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect();
+        let mut out: Vec<T> = self.bodies(&q.sql, &params)?;
+        if q.reverse {
+            out.reverse();
+        }
+        Ok(out)
+    }
+
+    fn write_run(&mut self, sql: &str, run: &Run) -> StorageResult<u64> {
+        let body = encode(run)?;
+        let status = run.status.as_str();
+        let machine = run.machine.map(|m| m.name());
+        self.exec(
+            sql,
+            &[
+                &run.id,
+                &run.env_id,
+                &run.task,
+                &status,
+                &run.queue,
+                &run.batch_id,
+                &run.parent_run_id,
+                &run.worker_id,
+                &run.lock_to_version,
+                &run.is_test,
+                &machine,
+                &run.created_at,
+                &run.idempotency_key,
+                &run.tags,
+                &body,
+            ],
+        )
+    }
+
+    fn write_waitpoint(&mut self, sql: &str, w: &Waitpoint) -> StorageResult<u64> {
+        let body = encode(w)?;
+        let (kind, status) = (w.kind.as_str(), w.status.as_str());
+        self.exec(
+            sql,
+            &[
+                &w.id,
+                &w.env_id,
+                &kind,
+                &status,
+                &w.idempotency_key,
+                &w.completed_by_run_id,
+                &w.output_is_error,
+                &w.created_at,
+                &w.tags,
+                &body,
+            ],
+        )
+    }
+
+    /// Counts a new ready entry in its subqueue, creating the subqueue with its queue's
+    /// limit and paused flag when it does not exist.
+    fn subqueue_gained_entry(&mut self, env_id: &str, queue: &str, ck: &str) -> StorageResult<()> {
+        self.exec(
+            "INSERT INTO subqueues (env_id, queue, ck, ready_count, running, lim, paused)
+             VALUES ($1, $2, $3, 1, 0,
+                     (SELECT lim FROM queues WHERE env_id = $1 AND name = $2),
+                     coalesce((SELECT paused FROM queues WHERE env_id = $1 AND name = $2), false))
+             ON CONFLICT (env_id, queue, ck) DO UPDATE SET ready_count = subqueues.ready_count + 1",
+            &[&env_id, &queue, &ck],
+        )?;
+        Ok(())
+    }
+
+    fn subqueues(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StorageResult<Vec<Subqueue>> {
+        self.query(sql, params)?.iter().map(subqueue_row).collect()
+    }
+}
+
+impl Drop for PostgresTx<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            // Nothing to report to; a connection that fails here is dropped by the session
+            // (and the server rolls back with it).
+            let _ = self.session.batch("ROLLBACK");
+        }
+    }
+}
+
+/// Column `idx`, or `Corrupt` when it does not convert.
+fn get<'r, T: tokio_postgres::types::FromSql<'r>>(row: &'r Row, idx: usize) -> StorageResult<T> {
+    row.try_get(idx).map_err(|e| corrupt(format!("column {idx}: {e}")))
+}
+
+fn get_u32(row: &Row, idx: usize) -> StorageResult<u32> {
+    let v: i32 = get(row, idx)?;
+    u32::try_from(v).map_err(|_| corrupt(format!("column {idx} is negative: {v}")))
+}
+
+fn get_opt_u32(row: &Row, idx: usize) -> StorageResult<Option<u32>> {
+    let v: Option<i32> = get(row, idx)?;
+    v.map(|v| u32::try_from(v).map_err(|_| corrupt(format!("column {idx} is negative: {v}")))).transpose()
+}
+
+fn to_i32(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+fn must_exist(changed: u64, what: &str, id: &str) -> StorageResult<()> {
+    if changed == 0 {
+        return Err(StorageError::new(ErrorKind::Other, format!("{what} {id} does not exist")));
+    }
+    Ok(())
+}
+
+fn packet(data: Option<String>, data_type: Option<String>) -> Option<Packet> {
+    data_type.map(|data_type| Packet { data, data_type })
+}
+
+/// The columns every subqueue read selects; the head score is the lowest ready score.
+const SUBQUEUE_COLUMNS: &str = "s.env_id, s.queue, s.ck, s.ready_count, s.running, s.lim, s.paused,
+     (SELECT min(r.score) FROM ready r WHERE r.env_id = s.env_id AND r.queue = s.queue AND r.ck = s.ck) AS head";
+
+fn subqueue_row(r: &Row) -> StorageResult<Subqueue> {
+    Ok(Subqueue {
+        env_id: get(r, 0)?,
+        queue: get(r, 1)?,
+        concurrency_key: get(r, 2)?,
+        ready_count: get_u32(r, 3)?,
+        running: get_u32(r, 4)?,
+        limit: get_opt_u32(r, 5)?,
+        paused: get(r, 6)?,
+        head_score: get(r, 7)?,
+    })
+}
+
+fn timer_row(r: &Row) -> StorageResult<Timer> {
+    let kind: String = get(r, 1)?;
+    let kind = TimerKind::parse(&kind).ok_or_else(|| corrupt(format!("unknown timer kind {kind:?}")))?;
+    Ok(Timer { key: get(r, 0)?, kind, target: get(r, 2)?, fence: get(r, 3)?, fire_at: get(r, 4)? })
+}
+
+/// A list query assembled from optional filters, one bound argument per filter; lists are
+/// bound as one array (`= ANY($n)`), so the SQL text, and so the prepared statement,
+/// depends only on which filters are present.
+struct Query {
+    sql: String,
+    args: Vec<Param>,
+    /// Read oldest first (a `before` cursor): reverse to return newest first.
+    reverse: bool,
+}
+
+impl Query {
+    fn new(select: &str) -> Self {
+        Query { sql: format!("{select} WHERE true"), args: Vec::new(), reverse: false }
+    }
+
+    /// Appends `AND cond`, where `cond` has one `?` for the argument.
+    fn and(&mut self, cond: &str, arg: impl ToSql + Sync + Send + 'static) {
+        self.args.push(Box::new(arg));
+        self.sql.push_str(" AND ");
+        self.sql.push_str(&cond.replace('?', &format!("${}", self.args.len())));
+    }
+
+    /// Appends `AND cond` with `items` as a `text[]` argument, unless `items` is empty.
+    fn and_any<S: AsRef<str>>(&mut self, cond: &str, items: &[S]) {
+        if !items.is_empty() {
+            let list: Vec<String> = items.iter().map(|s| s.as_ref().to_string()).collect();
+            self.and(cond, list);
+        }
+    }
+
+    /// Adds the cursor conditions, the newest-first order and the page size.
+    fn page(mut self, page: &Page) -> Self {
+        if let Some(after) = &page.after {
+            self.and("id < ?", after.clone());
+        }
+        if let Some(before) = &page.before {
+            self.and("id > ?", before.clone());
+            // The page just newer than `before` is its oldest ids: read them ascending.
+            self.reverse = true;
+        }
+        let size = if page.size == 0 { DEFAULT_PAGE_SIZE } else { page.size };
+        self.args.push(Box::new(i64::from(size)));
+        let order = if self.reverse { "ASC" } else { "DESC" };
+        self.sql.push_str(&format!(" ORDER BY id {order} LIMIT ${}", self.args.len()));
+        self
+    }
+}
+
+impl Tx for PostgresTx<'_> {
+    fn commit(mut self: Box<Self>) -> StorageResult<()> {
+        if let Some(e) = self.failed.take() {
+            // PostgreSQL would answer COMMIT with a rollback; say so instead.
+            self.open = false;
+            let _ = self.session.batch("ROLLBACK");
+            return Err(StorageError::new(e.kind, format!("transaction rolled back after: {}", e.message)));
+        }
+        self.open = false;
+        self.session.batch("COMMIT")
+    }
+
+    fn savepoint(&mut self) -> StorageResult<()> {
+        self.batch("SAVEPOINT sp")
+    }
+
+    fn release_savepoint(&mut self) -> StorageResult<()> {
+        self.batch("RELEASE SAVEPOINT sp")
+    }
+
+    fn rollback_to_savepoint(&mut self) -> StorageResult<()> {
+        // ROLLBACK TO keeps the savepoint; RELEASE pops it. It also ends a failed state.
+        self.session.batch("ROLLBACK TO SAVEPOINT sp; RELEASE SAVEPOINT sp")?;
+        self.failed = None;
+        Ok(())
+    }
+
+    fn publish(&mut self, effects: &[Effect]) -> StorageResult<()> {
+        let Some((channel, origin)) = self.notify else { return Ok(()) };
+        let payloads = payloads(origin, effects);
+        if payloads.is_empty() {
+            return Ok(());
+        }
+        self.query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", &[&channel, &payloads])?;
+        Ok(())
+    }
+
+    // Tenancy: organisations, projects and credentials.
+
+    fn insert_organization(&mut self, org: &Organization) -> StorageResult<()> {
+        let body = encode(org)?;
+        self.exec(
+            "INSERT INTO organizations (id, created_at, body) VALUES ($1, $2, $3)",
+            &[&org.id, &org.created_at, &body],
+        )?;
+        Ok(())
+    }
+
+    fn list_organizations(&mut self) -> StorageResult<Vec<Organization>> {
+        self.bodies("SELECT body FROM organizations ORDER BY created_at, id", &[])
+    }
+
+    fn insert_project(&mut self, p: &Project) -> StorageResult<()> {
+        let body = encode(p)?;
+        self.exec(
+            "INSERT INTO projects (id, external_ref, org_id, created_at, body) VALUES ($1, $2, $3, $4, $5)",
+            &[&p.id, &p.external_ref, &p.org_id, &p.created_at, &body],
+        )?;
+        Ok(())
+    }
+
+    fn get_project(&mut self, id: &str) -> StorageResult<Option<Project>> {
+        self.body("SELECT body FROM projects WHERE id = $1", &[&id])
+    }
+
+    fn find_project_by_ref(&mut self, external_ref: &str) -> StorageResult<Option<Project>> {
+        self.body("SELECT body FROM projects WHERE external_ref = $1", &[&external_ref])
+    }
+
+    fn list_projects(&mut self, org_id: &str) -> StorageResult<Vec<Project>> {
+        self.bodies("SELECT body FROM projects WHERE org_id = $1 ORDER BY created_at, id", &[&org_id])
+    }
+
+    fn insert_api_key(&mut self, k: &ApiKey) -> StorageResult<()> {
+        let body = encode(k)?;
+        self.exec(
+            "INSERT INTO api_keys (id, env_id, key_hash, created_at, body) VALUES ($1, $2, $3, $4, $5)",
+            &[&k.id, &k.env_id, &k.key_hash, &k.created_at, &body],
+        )?;
+        Ok(())
+    }
+
+    fn find_api_key_by_hash(&mut self, key_hash: &str) -> StorageResult<Option<ApiKey>> {
+        self.body("SELECT body FROM api_keys WHERE key_hash = $1", &[&key_hash])
+    }
+
+    fn get_api_key(&mut self, id: &str) -> StorageResult<Option<ApiKey>> {
+        self.body("SELECT body FROM api_keys WHERE id = $1", &[&id])
+    }
+
+    fn update_api_key(&mut self, k: &ApiKey) -> StorageResult<()> {
+        let body = encode(k)?;
+        let n = self.exec(
+            "UPDATE api_keys SET env_id = $2, key_hash = $3, created_at = $4, body = $5 WHERE id = $1",
+            &[&k.id, &k.env_id, &k.key_hash, &k.created_at, &body],
+        )?;
+        must_exist(n, "api key", &k.id)
+    }
+
+    fn list_api_keys(&mut self, env_id: Option<&str>) -> StorageResult<Vec<ApiKey>> {
+        match env_id {
+            Some(env_id) => {
+                self.bodies("SELECT body FROM api_keys WHERE env_id = $1 ORDER BY created_at, id", &[&env_id])
+            }
+            None => {
+                self.bodies("SELECT body FROM api_keys WHERE env_id IS NULL ORDER BY created_at, id", &[])
+            }
+        }
+    }
+
+    // Environments, worker versions, tasks and queues.
+
+    fn insert_environment(&mut self, env: &Environment) -> StorageResult<()> {
+        let body = encode(env)?;
+        // The counter row exists from the start, so that `env_running` always has a row to
+        // lock.
+        self.exec(
+            "WITH e AS (INSERT INTO environments (id, project_id, created_at, body)
+                        VALUES ($1, $2, $3, $4) RETURNING id)
+             INSERT INTO env_running (env_id, running) SELECT id, 0 FROM e
+             ON CONFLICT (env_id) DO NOTHING",
+            &[&env.id, &env.project_id, &env.created_at, &body],
+        )?;
+        Ok(())
+    }
+
+    fn get_environment(&mut self, id: &str) -> StorageResult<Option<Environment>> {
+        self.body("SELECT body FROM environments WHERE id = $1", &[&id])
+    }
+
+    fn update_environment(&mut self, env: &Environment) -> StorageResult<()> {
+        let body = encode(env)?;
+        let n = self.exec(
+            "UPDATE environments SET project_id = $2, created_at = $3, body = $4 WHERE id = $1",
+            &[&env.id, &env.project_id, &env.created_at, &body],
+        )?;
+        must_exist(n, "environment", &env.id)
+    }
+
+    fn list_environments(&mut self, project_id: &str) -> StorageResult<Vec<Environment>> {
+        self.bodies(
+            "SELECT body FROM environments WHERE project_id = $1 ORDER BY created_at, id",
+            &[&project_id],
+        )
+    }
+
+    fn env_running(&mut self, env_id: &str) -> StorageResult<u32> {
+        // FOR UPDATE: the engine checks limits against this count, so replicas taking slots
+        // of one environment must take turns; after waiting, the latest count is returned.
+        let rows = self.query("SELECT running FROM env_running WHERE env_id = $1 FOR UPDATE", &[&env_id])?;
+        rows.first().map_or(Ok(0), |r| get_u32(r, 0))
+    }
+
+    fn insert_worker(&mut self, w: &WorkerVersion) -> StorageResult<()> {
+        let body = encode(w)?;
+        self.exec(
+            "INSERT INTO workers (id, env_id, version, created_at, body) VALUES ($1, $2, $3, $4, $5)",
+            &[&w.id, &w.env_id, &w.version, &w.created_at, &body],
+        )?;
+        Ok(())
+    }
+
+    fn get_worker(&mut self, id: &str) -> StorageResult<Option<WorkerVersion>> {
+        self.body("SELECT body FROM workers WHERE id = $1", &[&id])
+    }
+
+    fn latest_worker(&mut self, env_id: &str) -> StorageResult<Option<WorkerVersion>> {
+        self.body(
+            "SELECT body FROM workers WHERE env_id = $1 ORDER BY created_at DESC, seq DESC LIMIT 1",
+            &[&env_id],
+        )
+    }
+
+    fn find_worker_by_version(
+        &mut self,
+        env_id: &str,
+        version: &str,
+    ) -> StorageResult<Option<WorkerVersion>> {
+        self.body(
+            "SELECT body FROM workers WHERE env_id = $1 AND version = $2
+             ORDER BY created_at DESC, seq DESC LIMIT 1",
+            &[&env_id, &version],
+        )
+    }
+
+    fn list_workers(&mut self, env_id: &str, max: u32) -> StorageResult<Vec<WorkerVersion>> {
+        self.bodies(
+            "SELECT body FROM workers WHERE env_id = $1 ORDER BY created_at DESC, seq DESC LIMIT $2",
+            &[&env_id, &i64::from(max)],
+        )
+    }
+
+    fn upsert_task(&mut self, t: &TaskDef) -> StorageResult<()> {
+        let body = encode(t)?;
+        self.exec(
+            "INSERT INTO tasks (env_id, worker_id, slug, body) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (env_id, worker_id, slug) DO UPDATE SET body = excluded.body",
+            &[&t.env_id, &t.worker_id, &t.slug, &body],
+        )?;
+        Ok(())
+    }
+
+    fn get_task(&mut self, env_id: &str, worker_id: &str, slug: &str) -> StorageResult<Option<TaskDef>> {
+        self.body(
+            "SELECT body FROM tasks WHERE env_id = $1 AND worker_id = $2 AND slug = $3",
+            &[&env_id, &worker_id, &slug],
+        )
+    }
+
+    fn list_tasks(&mut self, env_id: &str, worker_id: &str) -> StorageResult<Vec<TaskDef>> {
+        self.bodies(
+            "SELECT body FROM tasks WHERE env_id = $1 AND worker_id = $2 ORDER BY slug",
+            &[&env_id, &worker_id],
+        )
+    }
+
+    fn upsert_queue(&mut self, q: &QueueDef) -> StorageResult<()> {
+        let body = encode(q)?;
+        let limit = q.concurrency_limit.map(to_i32);
+        self.exec(
+            "WITH q AS (INSERT INTO queues (env_id, name, lim, paused, body) VALUES ($1, $2, $3, $4, $5)
+                        ON CONFLICT (env_id, name) DO UPDATE SET
+                            lim = excluded.lim, paused = excluded.paused, body = excluded.body)
+             UPDATE subqueues SET lim = $3, paused = $4 WHERE env_id = $1 AND queue = $2",
+            &[&q.env_id, &q.name, &limit, &q.paused, &body],
+        )?;
+        Ok(())
+    }
+
+    fn get_queue(&mut self, env_id: &str, name: &str) -> StorageResult<Option<QueueDef>> {
+        self.body("SELECT body FROM queues WHERE env_id = $1 AND name = $2", &[&env_id, &name])
+    }
+
+    fn list_queues(&mut self, env_id: &str) -> StorageResult<Vec<QueueDef>> {
+        self.bodies("SELECT body FROM queues WHERE env_id = $1 ORDER BY name", &[&env_id])
+    }
+
+    // Runs.
+
+    fn insert_run(&mut self, run: &Run, payload: &Packet) -> StorageResult<()> {
+        let body = encode(run)?;
+        let status = run.status.as_str();
+        let machine = run.machine.map(|m| m.name());
+        self.exec(
+            "WITH r AS (
+                 INSERT INTO runs (id, env_id, task, status, queue, batch_id, parent_run_id, version,
+                                   is_test, machine, created_at, idempotency_key, tags, body)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7,
+                         coalesce((SELECT version FROM workers WHERE id = $8), $9),
+                         $10, $11, $12, $13, $14, $15)
+                 RETURNING id)
+             INSERT INTO run_data (run_id, payload, payload_type) SELECT id, $16, $17 FROM r
+             ON CONFLICT (run_id) DO UPDATE SET
+                 payload = excluded.payload, payload_type = excluded.payload_type",
+            &[
+                &run.id,
+                &run.env_id,
+                &run.task,
+                &status,
+                &run.queue,
+                &run.batch_id,
+                &run.parent_run_id,
+                &run.worker_id,
+                &run.lock_to_version,
+                &run.is_test,
+                &machine,
+                &run.created_at,
+                &run.idempotency_key,
+                &run.tags,
+                &body,
+                &payload.data,
+                &payload.data_type,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn lock_run(&mut self, id: &str) -> StorageResult<Option<Run>> {
+        self.body("SELECT body FROM runs WHERE id = $1 FOR UPDATE", &[&id])
+    }
+
+    fn get_run(&mut self, id: &str) -> StorageResult<Option<Run>> {
+        self.body("SELECT body FROM runs WHERE id = $1", &[&id])
+    }
+
+    fn update_run(&mut self, run: &Run) -> StorageResult<()> {
+        let n = self.write_run(
+            "UPDATE runs SET env_id = $2, task = $3, status = $4, queue = $5, batch_id = $6,
+                 parent_run_id = $7, version = coalesce((SELECT version FROM workers WHERE id = $8), $9),
+                 is_test = $10, machine = $11, created_at = $12, idempotency_key = $13, tags = $14,
+                 body = $15
+             WHERE id = $1",
+            run,
+        )?;
+        must_exist(n, "run", &run.id)
+    }
+
+    fn get_payload(&mut self, run_id: &str) -> StorageResult<Option<Packet>> {
+        let rows = self.query("SELECT payload, payload_type FROM run_data WHERE run_id = $1", &[&run_id])?;
+        match rows.first() {
+            Some(r) => Ok(packet(get(r, 0)?, get(r, 1)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn set_output(&mut self, run_id: &str, output: &Packet) -> StorageResult<()> {
+        self.exec(
+            "INSERT INTO run_data (run_id, output, output_type) VALUES ($1, $2, $3)
+             ON CONFLICT (run_id) DO UPDATE SET output = excluded.output, output_type = excluded.output_type",
+            &[&run_id, &output.data, &output.data_type],
+        )?;
+        Ok(())
+    }
+
+    fn get_output(&mut self, run_id: &str) -> StorageResult<Option<Packet>> {
+        let rows = self.query("SELECT output, output_type FROM run_data WHERE run_id = $1", &[&run_id])?;
+        match rows.first() {
+            Some(r) => Ok(packet(get(r, 0)?, get(r, 1)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn find_run_by_idempotency_key(
+        &mut self,
+        env_id: &str,
+        task: &str,
+        key: &str,
+    ) -> StorageResult<Option<Run>> {
+        self.body(
+            "SELECT body FROM runs WHERE env_id = $1 AND task = $2 AND idempotency_key = $3",
+            &[&env_id, &task, &key],
+        )
+    }
+
+    fn list_runs(&mut self, f: &RunFilter, page: &Page) -> StorageResult<Vec<Run>> {
+        let mut q = Query::new("SELECT body FROM runs");
+        // An empty env id means every environment (the filter's fields are all optional).
+        if !f.env_id.is_empty() {
+            q.and("env_id = ?", f.env_id.clone());
+        }
+        let statuses: Vec<&str> = f.statuses.iter().map(|s| s.as_str()).collect();
+        q.and_any("status = ANY(?)", &statuses);
+        q.and_any("task = ANY(?)", &f.tasks);
+        q.and_any("tags && ?", &f.tags);
+        q.and_any("queue = ANY(?)", &f.queues);
+        q.and_any("version = ANY(?)", &f.versions);
+        let machines: Vec<&str> = f.machines.iter().map(|m| m.name()).collect();
+        q.and_any("machine = ANY(?)", &machines);
+        if let Some(batch_id) = &f.batch_id {
+            q.and("batch_id = ?", batch_id.clone());
+        }
+        if let Some(parent) = &f.parent_run_id {
+            q.and("parent_run_id = ?", parent.clone());
+        }
+        if let Some(is_test) = f.is_test {
+            q.and("is_test = ?", is_test);
+        }
+        if let Some(from) = f.created_from {
+            q.and("created_at >= ?", from);
+        }
+        if let Some(to) = f.created_to {
+            q.and("created_at <= ?", to);
+        }
+        if let Some(key) = &f.idempotency_key {
+            q.and("idempotency_key = ?", key.clone());
+        }
+        self.list(q.page(page))
+    }
+
+    fn list_children(&mut self, parent_run_id: &str) -> StorageResult<Vec<Run>> {
+        self.bodies(
+            "SELECT body FROM runs WHERE parent_run_id = $1 ORDER BY created_at, id",
+            &[&parent_run_id],
+        )
+    }
+
+    fn list_runs_in_status(&mut self, env_id: &str, status: RunStatus, max: u32) -> StorageResult<Vec<Run>> {
+        self.bodies(
+            "SELECT body FROM runs WHERE env_id = $1 AND status = $2 ORDER BY created_at, id LIMIT $3",
+            &[&env_id, &status.as_str(), &i64::from(max)],
+        )
+    }
+
+    // Execution snapshots.
+
+    fn insert_snapshot(&mut self, s: &Snapshot) -> StorageResult<()> {
+        let body = encode(s)?;
+        self.exec(
+            "INSERT INTO snapshots (id, run_id, body) VALUES ($1, $2, $3)",
+            &[&s.id, &s.run_id, &body],
+        )?;
+        Ok(())
+    }
+
+    fn get_snapshot(&mut self, id: &str) -> StorageResult<Option<Snapshot>> {
+        self.body("SELECT body FROM snapshots WHERE id = $1", &[&id])
+    }
+
+    fn list_snapshots(&mut self, run_id: &str, after_id: Option<&str>) -> StorageResult<Vec<Snapshot>> {
+        match after_id {
+            None => self.bodies("SELECT body FROM snapshots WHERE run_id = $1 ORDER BY id", &[&run_id]),
+            Some(after) => self.bodies(
+                "SELECT body FROM snapshots WHERE run_id = $1 AND id > $2 ORDER BY id",
+                &[&run_id, &after],
+            ),
+        }
+    }
+
+    // Queues and concurrency.
+
+    fn enqueue(&mut self, e: &ReadyEntry) -> StorageResult<()> {
+        let body = encode(e)?;
+        // The common case in one statement: a new entry, counted in its subqueue.
+        let inserted = self.exec(
+            "WITH ins AS (
+                 INSERT INTO ready (run_id, env_id, queue, ck, score, body) VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (run_id) DO NOTHING RETURNING run_id)
+             INSERT INTO subqueues (env_id, queue, ck, ready_count, running, lim, paused)
+             SELECT $2, $3, $4, 1, 0,
+                    (SELECT lim FROM queues WHERE env_id = $2 AND name = $3),
+                    coalesce((SELECT paused FROM queues WHERE env_id = $2 AND name = $3), false)
+             FROM ins
+             ON CONFLICT (env_id, queue, ck) DO UPDATE SET ready_count = subqueues.ready_count + 1",
+            &[&e.run_id, &e.env_id, &e.queue, &e.concurrency_key, &e.score, &body],
+        )?;
+        if inserted == 1 {
+            return Ok(());
+        }
+        // The run was already queued (rare): replace its entry, which may move it to another
+        // subqueue or change its score.
+        let rows =
+            self.query("SELECT env_id, queue, ck FROM ready WHERE run_id = $1 FOR UPDATE", &[&e.run_id])?;
+        let Some(old) = rows.first() else {
+            return Err(StorageError::new(ErrorKind::Other, format!("ready entry of {} vanished", e.run_id)));
+        };
+        let (env_id, queue, ck): (String, String, String) = (get(old, 0)?, get(old, 1)?, get(old, 2)?);
+        self.exec(
+            "UPDATE ready SET env_id = $2, queue = $3, ck = $4, score = $5, body = $6 WHERE run_id = $1",
+            &[&e.run_id, &e.env_id, &e.queue, &e.concurrency_key, &e.score, &body],
+        )?;
+        if (env_id.as_str(), queue.as_str(), ck.as_str()) != (&e.env_id, &e.queue, &e.concurrency_key) {
+            self.exec(
+                "UPDATE subqueues SET ready_count = greatest(ready_count - 1, 0)
+                 WHERE env_id = $1 AND queue = $2 AND ck = $3",
+                &[&env_id, &queue, &ck],
+            )?;
+            self.subqueue_gained_entry(&e.env_id, &e.queue, &e.concurrency_key)?;
+        }
+        Ok(())
+    }
+
+    fn dequeue_entry(&mut self, run_id: &str) -> StorageResult<Option<ReadyEntry>> {
+        self.body(
+            "WITH d AS (DELETE FROM ready WHERE run_id = $1 RETURNING env_id, queue, ck, body),
+                  u AS (UPDATE subqueues s SET ready_count = greatest(s.ready_count - 1, 0) FROM d
+                        WHERE s.env_id = d.env_id AND s.queue = d.queue AND s.ck = d.ck)
+             SELECT body FROM d",
+            &[&run_id],
+        )
+    }
+
+    fn claimable_subqueues(
+        &mut self,
+        env_id: &str,
+        env_limit: u32,
+        max: u32,
+    ) -> StorageResult<Vec<Subqueue>> {
+        self.subqueues(
+            &format!(
+                "SELECT {SUBQUEUE_COLUMNS} FROM subqueues s
+                 WHERE s.env_id = $1 AND s.ready_count > 0 AND NOT s.paused
+                   AND s.running < least(coalesce(s.lim, $2::integer), $2::integer)
+                 ORDER BY head, s.queue, s.ck LIMIT $3
+                 FOR UPDATE OF s SKIP LOCKED"
+            ),
+            &[&env_id, &to_i32(env_limit), &i64::from(max)],
+        )
+    }
+
+    fn peek_subqueue(
+        &mut self,
+        env_id: &str,
+        queue: &str,
+        ck: &str,
+        max: u32,
+    ) -> StorageResult<Vec<ReadyEntry>> {
+        self.bodies(
+            "SELECT body FROM ready WHERE env_id = $1 AND queue = $2 AND ck = $3
+             ORDER BY score, run_id LIMIT $4",
+            &[&env_id, &queue, &ck, &i64::from(max)],
+        )
+    }
+
+    fn get_subqueue(&mut self, env_id: &str, queue: &str, ck: &str) -> StorageResult<Option<Subqueue>> {
+        let sql = format!(
+            "SELECT {SUBQUEUE_COLUMNS} FROM subqueues s WHERE s.env_id = $1 AND s.queue = $2 AND s.ck = $3"
+        );
+        Ok(self.subqueues(&sql, &[&env_id, &queue, &ck])?.into_iter().next())
+    }
+
+    fn list_subqueues(&mut self, env_id: &str, queue: &str) -> StorageResult<Vec<Subqueue>> {
+        let sql = format!(
+            "SELECT {SUBQUEUE_COLUMNS} FROM subqueues s WHERE s.env_id = $1 AND s.queue = $2 ORDER BY s.ck"
+        );
+        self.subqueues(&sql, &[&env_id, &queue])
+    }
+
+    fn acquire(&mut self, h: &Holder) -> StorageResult<bool> {
+        // The one-time filter on `e` makes the environment row change before the subqueue
+        // row, the order in which the limit checks lock them.
+        let n = self.exec(
+            "WITH h AS (INSERT INTO holders (run_id, env_id, queue, ck) VALUES ($1, $2, $3, $4)
+                        ON CONFLICT (run_id) DO NOTHING RETURNING env_id),
+                  e AS (INSERT INTO env_running (env_id, running) SELECT env_id, 1 FROM h
+                        ON CONFLICT (env_id) DO UPDATE SET running = env_running.running + 1
+                        RETURNING 1)
+             INSERT INTO subqueues (env_id, queue, ck, ready_count, running, lim, paused)
+             SELECT $2, $3, $4, 0, 1,
+                    (SELECT lim FROM queues WHERE env_id = $2 AND name = $3),
+                    coalesce((SELECT paused FROM queues WHERE env_id = $2 AND name = $3), false)
+             FROM h WHERE (SELECT count(*) FROM e) > 0
+             ON CONFLICT (env_id, queue, ck) DO UPDATE SET running = subqueues.running + 1",
+            &[&h.run_id, &h.env_id, &h.queue, &h.concurrency_key],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn release(&mut self, run_id: &str) -> StorageResult<bool> {
+        let rows = self.query(
+            "WITH h AS (DELETE FROM holders WHERE run_id = $1 RETURNING env_id, queue, ck),
+                  e AS (UPDATE env_running r SET running = greatest(r.running - 1, 0) FROM h
+                        WHERE r.env_id = h.env_id RETURNING 1),
+                  s AS (UPDATE subqueues q SET running = greatest(q.running - 1, 0) FROM h
+                        WHERE q.env_id = h.env_id AND q.queue = h.queue AND q.ck = h.ck
+                          AND (SELECT count(*) FROM e) >= 0)
+             SELECT count(*) FROM h",
+            &[&run_id],
+        )?;
+        let n: i64 = rows.first().map_or(Ok(0), |r| get(r, 0))?;
+        Ok(n > 0)
+    }
+
+    fn get_holder(&mut self, run_id: &str) -> StorageResult<Option<Holder>> {
+        let rows =
+            self.query("SELECT run_id, env_id, queue, ck FROM holders WHERE run_id = $1", &[&run_id])?;
+        rows.first()
+            .map(|r| {
+                Ok(Holder {
+                    run_id: get(r, 0)?,
+                    env_id: get(r, 1)?,
+                    queue: get(r, 2)?,
+                    concurrency_key: get(r, 3)?,
+                })
+            })
+            .transpose()
+    }
+
+    // Timers.
+
+    fn set_timer(&mut self, t: &Timer) -> StorageResult<()> {
+        self.exec(
+            "INSERT INTO timers (key, kind, target, fence, fire_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (key) DO UPDATE SET kind = excluded.kind, target = excluded.target,
+                 fence = excluded.fence, fire_at = excluded.fire_at",
+            &[&t.key, &t.kind.as_str(), &t.target, &t.fence, &t.fire_at],
+        )?;
+        Ok(())
+    }
+
+    fn clear_timer(&mut self, key: &str) -> StorageResult<()> {
+        self.exec("DELETE FROM timers WHERE key = $1", &[&key])?;
+        Ok(())
+    }
+
+    fn get_timer(&mut self, key: &str) -> StorageResult<Option<Timer>> {
+        let rows =
+            self.query("SELECT key, kind, target, fence, fire_at FROM timers WHERE key = $1", &[&key])?;
+        rows.first().map(timer_row).transpose()
+    }
+
+    fn take_due_timers(&mut self, now: Millis, max: u32) -> StorageResult<Vec<Timer>> {
+        // SKIP LOCKED: a timer another replica is taking is left to it.
+        let rows = self.query(
+            "DELETE FROM timers WHERE key IN (
+                 SELECT key FROM timers WHERE fire_at <= $1 ORDER BY fire_at, key LIMIT $2
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING key, kind, target, fence, fire_at",
+            &[&now, &i64::from(max)],
+        )?;
+        let mut due = rows.iter().map(timer_row).collect::<StorageResult<Vec<_>>>()?;
+        // RETURNING gives no order guarantee.
+        due.sort_by(|a, b| (a.fire_at, &a.key).cmp(&(b.fire_at, &b.key)));
+        Ok(due)
+    }
+
+    fn next_timer_at(&mut self) -> StorageResult<Option<Millis>> {
+        let rows = self.query("SELECT min(fire_at) FROM timers", &[])?;
+        Ok(rows.first().map(|r| get::<Option<i64>>(r, 0)).transpose()?.flatten())
+    }
+
+    // Waitpoints.
+
+    fn insert_waitpoint(&mut self, w: &Waitpoint) -> StorageResult<()> {
+        self.write_waitpoint(
+            "INSERT INTO waitpoints (id, env_id, kind, status, idempotency_key, completed_by_run_id,
+                                     output_is_error, created_at, tags, body)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            w,
+        )?;
+        Ok(())
+    }
+
+    fn lock_waitpoint(&mut self, id: &str) -> StorageResult<Option<Waitpoint>> {
+        self.body("SELECT body FROM waitpoints WHERE id = $1 FOR UPDATE", &[&id])
+    }
+
+    fn update_waitpoint(&mut self, w: &Waitpoint) -> StorageResult<()> {
+        let n = self.write_waitpoint(
+            "UPDATE waitpoints SET env_id = $2, kind = $3, status = $4, idempotency_key = $5,
+                 completed_by_run_id = $6, output_is_error = $7, created_at = $8, tags = $9, body = $10
+             WHERE id = $1",
+            w,
+        )?;
+        must_exist(n, "waitpoint", &w.id)
+    }
+
+    fn find_waitpoint_by_key(&mut self, env_id: &str, key: &str) -> StorageResult<Option<Waitpoint>> {
+        self.body("SELECT body FROM waitpoints WHERE env_id = $1 AND idempotency_key = $2", &[&env_id, &key])
+    }
+
+    fn find_run_waitpoint(&mut self, run_id: &str) -> StorageResult<Option<Waitpoint>> {
+        self.body(
+            "SELECT body FROM waitpoints WHERE completed_by_run_id = $1 AND kind = 'RUN' ORDER BY id LIMIT 1",
+            &[&run_id],
+        )
+    }
+
+    fn list_waitpoints(&mut self, f: &WaitpointFilter, page: &Page) -> StorageResult<Vec<Waitpoint>> {
+        let mut q = Query::new("SELECT body FROM waitpoints");
+        if !f.env_id.is_empty() {
+            q.and("env_id = ?", f.env_id.clone());
+        }
+        if let Some(kind) = f.kind {
+            q.and("kind = ?", kind.as_str().to_string());
+        }
+        let statuses: Vec<&str> = f.statuses.iter().map(|s| s.as_str()).collect();
+        q.and_any("status = ANY(?)", &statuses);
+        // A timed-out token is one completed with an error output.
+        let completed = WaitpointStatus::Completed.as_str().to_string();
+        match f.timed_out {
+            Some(true) => q.and("(status = ? AND output_is_error)", completed),
+            Some(false) => q.and("NOT (status = ? AND output_is_error)", completed),
+            None => {}
+        }
+        if let Some(key) = &f.idempotency_key {
+            q.and("idempotency_key = ?", key.clone());
+        }
+        q.and_any("tags && ?", &f.tags);
+        if let Some(from) = f.created_from {
+            q.and("created_at >= ?", from);
+        }
+        if let Some(to) = f.created_to {
+            q.and("created_at <= ?", to);
+        }
+        self.list(q.page(page))
+    }
+
+    fn insert_block(&mut self, edge: &BlockEdge) -> StorageResult<bool> {
+        let body = encode(edge)?;
+        let index = edge.batch_index.map_or(-1, to_i32);
+        let n = self.exec(
+            "INSERT INTO blocks (run_id, waitpoint_id, batch_index, body) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+            &[&edge.run_id, &edge.waitpoint_id, &index, &body],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn list_blocks(&mut self, run_id: &str) -> StorageResult<Vec<BlockEdge>> {
+        self.bodies("SELECT body FROM blocks WHERE run_id = $1 ORDER BY seq", &[&run_id])
+    }
+
+    fn runs_blocked_by(&mut self, waitpoint_id: &str) -> StorageResult<Vec<String>> {
+        // Each run once, even when it waits on several batch items of the same waitpoint.
+        let rows = self.query(
+            "SELECT run_id FROM blocks WHERE waitpoint_id = $1 GROUP BY run_id ORDER BY min(seq)",
+            &[&waitpoint_id],
+        )?;
+        rows.iter().map(|r| get(r, 0)).collect()
+    }
+
+    fn delete_blocks(&mut self, run_id: &str) -> StorageResult<()> {
+        self.exec("DELETE FROM blocks WHERE run_id = $1", &[&run_id])?;
+        Ok(())
+    }
+
+    // Batches.
+
+    fn insert_batch(&mut self, b: &Batch) -> StorageResult<()> {
+        let body = encode(b)?;
+        self.exec(
+            "INSERT INTO batches (id, env_id, idempotency_key, body) VALUES ($1, $2, $3, $4)",
+            &[&b.id, &b.env_id, &b.idempotency_key, &body],
+        )?;
+        Ok(())
+    }
+
+    fn lock_batch(&mut self, id: &str) -> StorageResult<Option<Batch>> {
+        self.body("SELECT body FROM batches WHERE id = $1 FOR UPDATE", &[&id])
+    }
+
+    fn update_batch(&mut self, b: &Batch) -> StorageResult<()> {
+        let body = encode(b)?;
+        let n = self.exec(
+            "UPDATE batches SET env_id = $2, idempotency_key = $3, body = $4 WHERE id = $1",
+            &[&b.id, &b.env_id, &b.idempotency_key, &body],
+        )?;
+        must_exist(n, "batch", &b.id)
+    }
+
+    fn find_batch_by_key(&mut self, env_id: &str, key: &str) -> StorageResult<Option<Batch>> {
+        self.body("SELECT body FROM batches WHERE env_id = $1 AND idempotency_key = $2", &[&env_id, &key])
+    }
+
+    fn insert_batch_item(&mut self, batch_id: &str, index: u32, run_id: &str) -> StorageResult<bool> {
+        let n = self.exec(
+            "INSERT INTO batch_items (batch_id, idx, run_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&batch_id, &to_i32(index), &run_id],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn get_batch_item(&mut self, batch_id: &str, index: u32) -> StorageResult<Option<String>> {
+        let rows = self.query(
+            "SELECT run_id FROM batch_items WHERE batch_id = $1 AND idx = $2",
+            &[&batch_id, &to_i32(index)],
+        )?;
+        rows.first().map(|r| get(r, 0)).transpose()
+    }
+
+    fn list_batch_items(&mut self, batch_id: &str) -> StorageResult<Vec<(u32, String)>> {
+        let rows =
+            self.query("SELECT idx, run_id FROM batch_items WHERE batch_id = $1 ORDER BY idx", &[&batch_id])?;
+        rows.iter().map(|r| Ok((get_u32(r, 0)?, get(r, 1)?))).collect()
+    }
+
+    fn list_batches(&mut self, env_id: &str, page: &Page) -> StorageResult<Vec<Batch>> {
+        let mut q = Query::new("SELECT body FROM batches");
+        q.and("env_id = ?", env_id.to_string());
+        self.list(q.page(page))
+    }
+
+    // Run events.
+
+    fn insert_events(&mut self, events: &[RunEvent]) -> StorageResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        // The stored body's `seq` is ignored: the column is the truth.
+        let runs: Vec<&str> = events.iter().map(|e| e.run_id.as_str()).collect();
+        let bodies = events.iter().map(encode).collect::<StorageResult<Vec<String>>>()?;
+        self.exec(
+            "INSERT INTO events (run_id, body)
+             SELECT r, b FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS e(r, b, n) ORDER BY n",
+            &[&runs, &bodies],
+        )?;
+        Ok(())
+    }
+
+    fn list_events(&mut self, run_id: &str, after_seq: i64, max: u32) -> StorageResult<Vec<RunEvent>> {
+        let rows = self.query(
+            "SELECT seq, body FROM events WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            &[&run_id, &after_seq, &i64::from(max)],
+        )?;
+        rows.iter()
+            .map(|r| {
+                let mut ev: RunEvent = decode(&get::<String>(r, 1)?)?;
+                ev.seq = get(r, 0)?;
+                Ok(ev)
+            })
+            .collect()
+    }
+}
