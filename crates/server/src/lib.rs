@@ -66,6 +66,7 @@ use tokio::sync::watch;
 use trigger_engine::{ApiKey, Engine};
 
 pub mod auth;
+pub mod dedupe;
 pub mod error;
 pub mod extract;
 pub mod packets;
@@ -91,6 +92,7 @@ struct Shared {
     cli_keys: Mutex<HashMap<String, String>>,
     shutdown: watch::Sender<bool>,
     packets: packets::PacketStore,
+    replays: dedupe::Replays,
     /// Signs packet URLs; per process, so URLs die with it (they live an hour anyway).
     packet_secret: String,
 }
@@ -122,6 +124,7 @@ impl AppState {
                 cli_keys: Mutex::new(HashMap::new()),
                 shutdown: watch::channel(false).0,
                 packets,
+                replays: dedupe::Replays::default(),
                 packet_secret: trigger_types::ids::random_alphanumeric(32),
             }),
         }
@@ -129,6 +132,10 @@ impl AppState {
 
     pub fn packets(&self) -> &packets::PacketStore {
         &self.inner.packets
+    }
+
+    pub(crate) fn replays(&self) -> &dedupe::Replays {
+        &self.inner.replays
     }
 
     pub(crate) fn packet_secret(&self) -> &str {

@@ -729,3 +729,58 @@ async fn offloaded_packets_round_trip_through_signed_urls() {
         .expect_error(422, "payload");
     t.server.shutdown().await.unwrap();
 }
+
+/// A retried SDK request (same `x-trigger-request-idempotency-key`) gets the first answer
+/// instead of a second run or batch.
+#[tokio::test]
+async fn retried_requests_are_answered_once() {
+    use http_body_util::BodyExt;
+    let t = TestServer::start().await;
+    t.register_worker().await;
+    let send = |path: &'static str, request_key: &'static str, body: Value| {
+        let t = &t;
+        async move {
+            let headers = [("x-trigger-request-idempotency-key", request_key)];
+            let r = t
+                .raw_with(
+                    Method::POST,
+                    path,
+                    Some(&t.dev_key),
+                    Some("application/json"),
+                    &headers,
+                    body.to_string().into_bytes(),
+                )
+                .await;
+            let status = r.status().as_u16();
+            let body: Value =
+                serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+            (status, body)
+        }
+    };
+    let first = send("/api/v1/tasks/hello/trigger", "req-1", json!({ "payload": "{}" })).await;
+    let retry = send("/api/v1/tasks/hello/trigger", "req-1", json!({ "payload": "{}" })).await;
+    let other = send("/api/v1/tasks/hello/trigger", "req-2", json!({ "payload": "{}" })).await;
+    assert_eq!(first.0, 200);
+    assert_eq!(first, retry);
+    assert_ne!(first.1["id"], other.1["id"]);
+    assert_eq!(t.run_count().await, 2);
+    // Another environment's request with the same key is its own request.
+    let headers = [("x-trigger-request-idempotency-key", "req-1")];
+    let prod = t
+        .raw_with(
+            Method::POST,
+            "/api/v3/batches",
+            Some(&t.prod_key),
+            Some("application/json"),
+            &headers,
+            br#"{"runCount":1}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(prod.status(), 202);
+
+    let batch = send("/api/v3/batches", "req-3", json!({ "runCount": 2 })).await;
+    let again = send("/api/v3/batches", "req-3", json!({ "runCount": 2 })).await;
+    assert_eq!((batch.0, &batch.1["id"]), (again.0, &again.1["id"]));
+    assert_eq!(batch.0, 202);
+    t.server.shutdown().await.unwrap();
+}

@@ -45,8 +45,14 @@ pub struct CreateBody {
 pub async fn create(
     State(state): State<AppState>,
     caller: EnvCaller,
+    headers: HeaderMap,
     Json(body): Json<CreateBody>,
 ) -> Result<(StatusCode, JsonResponse<Value>)> {
+    let replay_key = crate::dedupe::Replays::key(&headers);
+    if let Some((_, body)) = replay_key.as_ref().and_then(|k| state.replays().get(&caller.env.id, "batch", k))
+    {
+        return Ok((StatusCode::ACCEPTED, JsonResponse(body)));
+    }
     if body.run_count > MAX_ITEMS {
         // The reference answers 400 here (not 422), and the SDK does not retry it.
         return Err(Error::BadRequest(format!(
@@ -77,6 +83,9 @@ pub async fn create(
     let mut response = json!({ "id": batch.id, "runCount": batch.expected_count, "isCached": is_cached });
     if let Some(key) = &batch.idempotency_key {
         response["idempotencyKey"] = json!(key);
+    }
+    if let Some(key) = replay_key {
+        state.replays().put(&caller.env.id, "batch", key, 202, response.clone());
     }
     Ok((StatusCode::ACCEPTED, JsonResponse(response)))
 }

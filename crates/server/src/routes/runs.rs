@@ -237,9 +237,19 @@ pub async fn trigger(
     headers: HeaderMap,
     Json(body): Json<TriggerBody>,
 ) -> Result<JsonResponse<Value>> {
+    let replay_key = crate::dedupe::Replays::key(&headers);
+    if let Some((_, body)) =
+        replay_key.as_ref().and_then(|k| state.replays().get(&caller.env.id, "trigger", k))
+    {
+        return Ok(JsonResponse(body));
+    }
     let request = trigger_request(task, body, &headers, state.engine().now(), "options.")?;
     let triggered = state.engine().trigger(&caller.env.id, request).await?;
-    Ok(JsonResponse(json!({ "id": triggered.run.id, "isCached": triggered.is_cached })))
+    let response = json!({ "id": triggered.run.id, "isCached": triggered.is_cached });
+    if let Some(key) = replay_key {
+        state.replays().put(&caller.env.id, "trigger", key, 200, response.clone());
+    }
+    Ok(JsonResponse(response))
 }
 
 /// The full `RetrieveRunResponse` of a run of the caller's environment.

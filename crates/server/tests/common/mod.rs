@@ -83,7 +83,22 @@ impl TestServer {
         content_type: Option<&str>,
         body: Vec<u8>,
     ) -> Response<Incoming> {
+        self.raw_with(method, path, key, content_type, &[], body).await
+    }
+
+    pub async fn raw_with(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        content_type: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Response<Incoming> {
         let mut req = Request::builder().method(method).uri(format!("{}{}", self.base, path));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
         if let Some(key) = key {
             req = req.header("authorization", format!("Bearer {key}"));
         }
