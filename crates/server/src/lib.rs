@@ -14,6 +14,30 @@
 //! personal access token. Errors are `{ "error": "…" }` with the status the SDK expects
 //! ([`Error`]).
 //!
+//! Checked against the real clients: `compat/run.sh` drives a live server with
+//! `@trigger.dev/sdk` 4.8.3 and validates the worker responses with `@trigger.dev/core`'s own
+//! Zod schemas; the `trigger.dev` 4.8.3 CLI's dev loop (`trigger dev`) runs tasks with
+//! `triggerAndWait`, `wait.for`, tokens and offloaded outputs against it.
+//!
+//! # Where this differs from Trigger.dev, deliberately
+//!
+//! - **Push for workers.** Besides the CLI's socket.io `/dev-worker` channel (the subset the
+//!   CLI uses: `run:subscribe`, `run:unsubscribe`, `run:notify`), `GET
+//!   /engine/v1/dev/runs/notifications` streams snapshot changes as server-sent events for
+//!   workers that prefer plain HTTP. Dequeue takes `maxRuns` (default 10, at most 100) and
+//!   `timeoutMs` (long poll, at most 10 s).
+//! - **Packets are stored by the server** (a folder beside the SQLite file, or memory), behind
+//!   signed URLs under `/api/v1/packet-data`, instead of object storage.
+//! - **Worker routes parse JSON whatever the content type**, because the CLI posts JSON as
+//!   `text/plain`; management routes insist on `application/json` (415 otherwise).
+//! - **Statuses are always the v4 (`2025-07-16`) mapping**; the legacy mapping for clients
+//!   without `x-trigger-api-version` is not offered.
+//! - **No JWTs**: trigger responses carry no `x-trigger-jwt` (the SDK then signs its own
+//!   public token), and there is no realtime (Electric) API yet to use one with.
+//! - **Run list filters** on schedules, bulk actions and regions match nothing, as none exist.
+//! - **OTLP** records are stored only when they name their run and its environment
+//!   (`ctx.run.id`, `ctx.environment.id`, also with the SDK's `$metadata.` prefix).
+//!
 //! # Quick start
 //!
 //! Build the router over an engine and call it in-process:
