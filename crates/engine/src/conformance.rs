@@ -592,8 +592,8 @@ pub fn runs<S: Store>(mut store: S) {
     assert_eq!(ok(tx.find_run_by_idempotency_key("env_r2", "task-a", "k1")), Some(other_env));
     assert_eq!(ok(tx.find_run_by_idempotency_key("env_r", "task-a", "nope")), None);
     // Clearing a key frees it; update_run into a taken key is a unique violation too.
-    let taken = Run { idempotency_key: Some("k1".into()), ..other_task.clone() };
-    let taken = Run { task: "task-a".into(), ..taken };
+    let run_006 = ok(tx.get_run("run_006")).expect("run_006");
+    let taken = Run { idempotency_key: Some("k1".into()), ..run_006 };
     expect_unique(&mut *tx, |tx| tx.update_run(&taken));
     let r1c = Run { idempotency_key: None, ..r1b };
     ok(tx.update_run(&r1c));

@@ -148,7 +148,9 @@ pub trait Tx {
     fn lock_run(&mut self, id: &str) -> StorageResult<Option<Run>>;
     /// Reads a run.
     fn get_run(&mut self, id: &str) -> StorageResult<Option<Run>>;
-    /// Writes every field of an existing run (not its payload or output).
+    /// Writes an existing run (not its payload or output). The fields fixed at insert —
+    /// `env_id`, `task`, `queue`, `parent_run_id`, `root_run_id`, `batch_id`, `created_at`,
+    /// `is_test` — never change, so a backend need not rewrite their columns or indexes.
     fn update_run(&mut self, run: &Run) -> StorageResult<()>;
     fn get_payload(&mut self, run_id: &str) -> StorageResult<Option<Packet>>;
     fn set_output(&mut self, run_id: &str, output: &Packet) -> StorageResult<()>;

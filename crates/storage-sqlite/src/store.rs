@@ -57,6 +57,7 @@ pub struct SqliteOptions {
 /// serialize on SQLite's write lock, since [`Store::begin`] takes it up front.
 pub struct SqliteStore {
     conn: Connection,
+    registry: crate::cache::Registry,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -105,7 +106,7 @@ impl SqliteStore {
 
     fn setup(conn: Connection) -> StorageResult<Self> {
         Self::prepare_schema(&conn)?;
-        Ok(SqliteStore { conn })
+        Ok(SqliteStore { conn, registry: Default::default() })
     }
 
     /// Connection settings shared by file and memory databases, then the migrations.
@@ -136,7 +137,7 @@ impl Store for SqliteStore {
         // IMMEDIATE takes the write lock now, so concurrent writers queue here (through the
         // busy handler) instead of failing at their first write or at commit.
         self.conn.prepare_cached("BEGIN IMMEDIATE").db()?.execute([]).db()?;
-        Ok(Box::new(SqliteTx::new(&self.conn)))
+        Ok(Box::new(SqliteTx::new(&self.conn, &mut self.registry)))
     }
 }
 

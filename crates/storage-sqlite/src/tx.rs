@@ -17,6 +17,7 @@ use trigger_engine::model::{
 use trigger_engine::storage::{ErrorKind, StorageError, StorageResult, Tx};
 use trigger_types::{Millis, RunStatus, WaitpointStatus};
 
+use crate::cache::Registry;
 use crate::error::{decode, encode, from_sqlite, kind_of, DbResult};
 
 /// Page size when [`Page::size`] is 0.
@@ -26,6 +27,7 @@ const DEFAULT_PAGE_SIZE: u32 = 25;
 /// [`Tx::commit`] rolls it back.
 pub struct SqliteTx<'c> {
     conn: &'c Connection,
+    registry: &'c mut Registry,
     /// Still needs a `COMMIT` or `ROLLBACK`.
     open: bool,
     /// Set when SQLite rolled the whole transaction back on an error (I/O, disk full, …).
@@ -36,8 +38,8 @@ pub struct SqliteTx<'c> {
 
 impl<'c> SqliteTx<'c> {
     /// Wraps a connection on which `BEGIN` has just run.
-    pub(crate) fn new(conn: &'c Connection) -> Self {
-        SqliteTx { conn, open: true, aborted: Cell::new(None) }
+    pub(crate) fn new(conn: &'c Connection, registry: &'c mut Registry) -> Self {
+        SqliteTx { conn, registry, open: true, aborted: Cell::new(None) }
     }
 
     fn prepare(&self, sql: &str) -> StorageResult<CachedStatement<'c>> {
@@ -204,6 +206,7 @@ impl<'c> SqliteTx<'c> {
 impl Drop for SqliteTx<'_> {
     fn drop(&mut self) {
         if self.open {
+            self.registry.clear();
             // Nothing to report to: a failed rollback (the transaction may already have been
             // rolled back by SQLite after an I/O error) leaves no transaction open either way.
             let _ = self.exec("ROLLBACK", []);
@@ -335,6 +338,7 @@ impl Tx for SqliteTx<'_> {
 
     fn rollback_to_savepoint(&mut self) -> StorageResult<()> {
         // ROLLBACK TO keeps the savepoint on the stack; RELEASE pops it.
+        self.registry.clear();
         self.exec("ROLLBACK TO sp", [])?;
         self.exec("RELEASE sp", [])?;
         Ok(())
@@ -410,6 +414,7 @@ impl Tx for SqliteTx<'_> {
     // Environments, worker versions, tasks and queues.
 
     fn insert_environment(&mut self, env: &Environment) -> StorageResult<()> {
+        self.registry.clear();
         self.exec(
             "INSERT INTO environments (id, project_id, created_at, body) VALUES (?1, ?2, ?3, ?4)",
             params![env.id, env.project_id, env.created_at, encode(env)?],
@@ -418,10 +423,16 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn get_environment(&mut self, id: &str) -> StorageResult<Option<Environment>> {
-        self.body("SELECT body FROM environments WHERE id = ?1", [id])
+        if let Some(hit) = self.registry.environments.get(id) {
+            return Ok(hit.clone());
+        }
+        let found: Option<Environment> = self.body("SELECT body FROM environments WHERE id = ?1", [id])?;
+        self.registry.environments.insert(id.to_string(), found.clone());
+        Ok(found)
     }
 
     fn update_environment(&mut self, env: &Environment) -> StorageResult<()> {
+        self.registry.clear();
         let n = self.exec(
             "UPDATE environments SET project_id = ?2, created_at = ?3, body = ?4 WHERE id = ?1",
             params![env.id, env.project_id, env.created_at, encode(env)?],
@@ -442,6 +453,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn insert_worker(&mut self, w: &WorkerVersion) -> StorageResult<()> {
+        self.registry.clear();
         self.exec(
             "INSERT INTO workers (id, env_id, version, created_at, body) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![w.id, w.env_id, w.version, w.created_at, encode(w)?],
@@ -450,14 +462,24 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn get_worker(&mut self, id: &str) -> StorageResult<Option<WorkerVersion>> {
-        self.body("SELECT body FROM workers WHERE id = ?1", [id])
+        if let Some(hit) = self.registry.workers.get(id) {
+            return Ok(hit.clone());
+        }
+        let found: Option<WorkerVersion> = self.body("SELECT body FROM workers WHERE id = ?1", [id])?;
+        self.registry.workers.insert(id.to_string(), found.clone());
+        Ok(found)
     }
 
     fn latest_worker(&mut self, env_id: &str) -> StorageResult<Option<WorkerVersion>> {
-        self.body(
+        if let Some(hit) = self.registry.latest_worker.get(env_id) {
+            return Ok(hit.clone());
+        }
+        let found: Option<WorkerVersion> = self.body(
             "SELECT body FROM workers WHERE env_id = ?1 ORDER BY created_at DESC, rowid DESC LIMIT 1",
             [env_id],
-        )
+        )?;
+        self.registry.latest_worker.insert(env_id.to_string(), found.clone());
+        Ok(found)
     }
 
     fn find_worker_by_version(
@@ -473,13 +495,20 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn list_workers(&mut self, env_id: &str, max: u32) -> StorageResult<Vec<WorkerVersion>> {
-        self.bodies(
+        let key = (env_id.to_string(), max);
+        if let Some(hit) = self.registry.worker_lists.get(&key) {
+            return Ok(hit.clone());
+        }
+        let found: Vec<WorkerVersion> = self.bodies(
             "SELECT body FROM workers WHERE env_id = ?1 ORDER BY created_at DESC, rowid DESC LIMIT ?2",
             params![env_id, limit(max)],
-        )
+        )?;
+        self.registry.worker_lists.insert(key, found.clone());
+        Ok(found)
     }
 
     fn upsert_task(&mut self, t: &TaskDef) -> StorageResult<()> {
+        self.registry.clear();
         self.exec(
             "INSERT INTO tasks (env_id, worker_id, slug, body) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (env_id, worker_id, slug) DO UPDATE SET body = excluded.body",
@@ -489,20 +518,33 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn get_task(&mut self, env_id: &str, worker_id: &str, slug: &str) -> StorageResult<Option<TaskDef>> {
-        self.body(
+        let key = (env_id.to_string(), worker_id.to_string(), slug.to_string());
+        if let Some(hit) = self.registry.tasks.get(&key) {
+            return Ok(hit.clone());
+        }
+        let found: Option<TaskDef> = self.body(
             "SELECT body FROM tasks WHERE env_id = ?1 AND worker_id = ?2 AND slug = ?3",
             [env_id, worker_id, slug],
-        )
+        )?;
+        self.registry.tasks.insert(key, found.clone());
+        Ok(found)
     }
 
     fn list_tasks(&mut self, env_id: &str, worker_id: &str) -> StorageResult<Vec<TaskDef>> {
-        self.bodies(
+        let key = (env_id.to_string(), worker_id.to_string());
+        if let Some(hit) = self.registry.task_lists.get(&key) {
+            return Ok(hit.clone());
+        }
+        let found: Vec<TaskDef> = self.bodies(
             "SELECT body FROM tasks WHERE env_id = ?1 AND worker_id = ?2 ORDER BY slug",
             [env_id, worker_id],
-        )
+        )?;
+        self.registry.task_lists.insert(key, found.clone());
+        Ok(found)
     }
 
     fn upsert_queue(&mut self, q: &QueueDef) -> StorageResult<()> {
+        self.registry.clear();
         self.exec(
             "INSERT INTO queues (env_id, name, lim, paused, body) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (env_id, name) DO UPDATE SET
@@ -517,7 +559,14 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn get_queue(&mut self, env_id: &str, name: &str) -> StorageResult<Option<QueueDef>> {
-        self.body("SELECT body FROM queues WHERE env_id = ?1 AND name = ?2", [env_id, name])
+        let key = (env_id.to_string(), name.to_string());
+        if let Some(hit) = self.registry.queues.get(&key) {
+            return Ok(hit.clone());
+        }
+        let found: Option<QueueDef> =
+            self.body("SELECT body FROM queues WHERE env_id = ?1 AND name = ?2", [env_id, name])?;
+        self.registry.queues.insert(key, found.clone());
+        Ok(found)
     }
 
     fn list_queues(&mut self, env_id: &str) -> StorageResult<Vec<QueueDef>> {
@@ -554,13 +603,24 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn update_run(&mut self, run: &Run) -> StorageResult<()> {
-        let n = self.write_run(
-            "UPDATE runs SET env_id = ?2, task = ?3, status = ?4, queue = ?5, batch_id = ?6,
-                 parent_run_id = ?7, version = coalesce((SELECT version FROM workers WHERE id = ?8), ?9),
-                 is_test = ?10, machine = ?11, created_at = ?12, idempotency_key = ?13, tags = ?14,
-                 body = ?15
+        // Only the columns a run's life changes: each indexed column in the SET list costs an
+        // index rewrite, and env, task, queue, batch, parent, creation time and the test flag
+        // are fixed at insert.
+        let n = self.exec(
+            "UPDATE runs SET status = ?2,
+                 version = coalesce((SELECT version FROM workers WHERE id = ?3), ?4),
+                 machine = ?5, idempotency_key = ?6, tags = ?7, body = ?8
              WHERE id = ?1",
-            run,
+            params![
+                run.id,
+                run.status.as_str(),
+                run.worker_id,
+                run.lock_to_version,
+                run.machine.map(|m| m.name()),
+                run.idempotency_key,
+                encode(&run.tags)?,
+                encode(run)?,
+            ],
         )?;
         must_exist(n, "run", &run.id)
     }
@@ -1063,7 +1123,8 @@ mod tests {
              BEGIN;",
         )
         .unwrap();
-        let mut tx = SqliteTx::new(&conn);
+        let mut registry = crate::cache::Registry::default();
+        let mut tx = SqliteTx::new(&conn, &mut registry);
         assert_eq!(tx.get_environment("env_bad").unwrap_err().kind, ErrorKind::Corrupt);
         assert_eq!(tx.get_environment("env_int").unwrap_err().kind, ErrorKind::Corrupt);
         assert_eq!(tx.get_timer("t").unwrap_err().kind, ErrorKind::Corrupt);
@@ -1085,7 +1146,8 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         SqliteStore::prepare_schema(&conn).unwrap();
         conn.execute_batch("BEGIN").unwrap();
-        let mut tx = SqliteTx::new(&conn);
+        let mut registry = crate::cache::Registry::default();
+        let mut tx = SqliteTx::new(&conn, &mut registry);
         tx.insert_environment(&env("env_1")).unwrap();
         // A statement that makes SQLite roll back the whole transaction, as it does itself
         // after an I/O error or a full disk.
