@@ -17,7 +17,7 @@ pub enum Error {
     #[error("{0} can only be called inside a task run")]
     NotInTask(&'static str),
     /// No backend is configured for calls made outside a task; see [`crate::configure`].
-    #[error("no backend configured: call trigger_sdk::configure(..) or build a Worker first")]
+    #[error("no backend configured: call trigger_sdk::configure(..), set TRIGGER_SECRET_KEY, or build a Worker first")]
     NoBackend,
     /// The run was canceled (or hit its `max_duration`) while waiting.
     #[error("the run was canceled while waiting")]

@@ -3,17 +3,19 @@
 //! `child-task` per item, metadata progress and logs — then a backend trigger with
 //! `metadata: { source: "api" }`, on the embedded engine (SQLite under `./.trigger/`).
 //!
-//! Run it with `cargo run -p trigger-example-seed`.
+//! Run it with `cargo run -p trigger-example-seed`. With `TRIGGER_API_URL`,
+//! `TRIGGER_SECRET_KEY` and `TRIGGER_PROJECT_REF` set it runs against a server instead.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use trigger_sdk::backend::{Backend, Embedded, Http, SharedBackend};
 use trigger_sdk::hooks::{CatchErrorArgs, FailureArgs, MiddlewareArgs, StartArgs, SuccessArgs};
 use trigger_sdk::{
-    backend::Embedded, idempotency_keys, locals, logger, metadata, queue, task, tasks, CatchError,
-    MachinePreset, Queue, RetryOptions, Task, TaskError, TriggerOptions, Worker,
+    idempotency_keys, locals, logger, metadata, queue, runs, task, tasks, CatchError, MachinePreset, Queue,
+    RetryOptions, Task, TaskError, TriggerOptions, Worker,
 };
 
 /// Stands in for the seed's `new ApiClient()`.
@@ -129,7 +131,15 @@ static CHILD_TASK: LazyLock<Task<Item, ChildOutput>> = LazyLock::new(|| {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let backend = Embedded::open(".trigger/trigger.db").await?;
+    // The embedded engine by default; a server when TRIGGER_SECRET_KEY is set.
+    let embedded = match std::env::var_os("TRIGGER_SECRET_KEY") {
+        None => Some(Embedded::open(".trigger/trigger.db").await?),
+        Some(_) => None,
+    };
+    let backend: SharedBackend = match &embedded {
+        Some(e) => Arc::new(e.clone()),
+        None => Arc::new(Http::from_env()?),
+    };
     register_middleware();
     let worker = Worker::builder()
         .backend(backend.clone())
@@ -138,7 +148,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?
         .start()
         .await?;
-    eprintln!("worker started on .trigger/trigger.db");
+    match &embedded {
+        Some(_) => eprintln!("worker started on the embedded engine (.trigger/trigger.db)"),
+        None => eprintln!("worker started against {}", std::env::var("TRIGGER_API_URL").unwrap_or_default()),
+    }
 
     // Trigger from backend
     let handle = tasks::trigger::<ProcessData>(
@@ -152,12 +165,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     eprintln!("triggered {} (task {})", handle.id, handle.task_identifier);
 
-    // Follow the run through the engine's change feed.
-    let engine = backend.engine();
-    let mut changes = engine.subscribe();
+    // Follow the run through the backend's change feed.
+    let mut changes = backend.subscribe();
     let mut last = String::new();
     let run = loop {
-        let details = engine.get_run(backend.env_id(), &handle.id).await?;
+        let details = runs::retrieve(&handle.id).await?;
         let line =
             format!("{} metadata={}", details.run.status, details.run.metadata.clone().unwrap_or_default());
         if line != last {
@@ -167,13 +179,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         if details.run.status.is_final() {
             break details;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), changes.recv()).await;
+        match &mut changes {
+            Some(rx) => drop(tokio::time::timeout(Duration::from_secs(2), rx.recv()).await),
+            None => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
     };
 
-    let events = engine.list_events(backend.env_id(), &handle.id, 0, 100).await?;
-    eprintln!("logs:");
-    for e in &events {
-        eprintln!("  [{}] {} {}", e.level, e.message, e.attributes);
+    if let Some(embedded) = &embedded {
+        let events = embedded.engine().list_events(embedded.env_id(), &handle.id, 0, 100).await?;
+        eprintln!("logs:");
+        for e in &events {
+            eprintln!("  [{}] {} {}", e.level, e.message, e.attributes);
+        }
     }
     worker.shutdown().await?;
 
