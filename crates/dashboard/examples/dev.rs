@@ -167,7 +167,19 @@ impl Attempt {
 }
 
 async fn execute(engine: Engine, env_id: String, d: Dequeued) {
-    let Ok(started) = engine.start_attempt(&env_id, &d.run.id, &d.snapshot.id).await else { return };
+    let mut snapshot = d.snapshot.id.clone();
+    // A short retry keeps the run on this worker: run the next attempt here when it is due.
+    while let Some((next, at)) = attempt(&engine, &env_id, &d, &snapshot).await {
+        let wait = (at - engine.now()).max(0) as u64;
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        snapshot = next;
+    }
+}
+
+/// Runs one attempt; returns the snapshot and time of an immediate retry, if any.
+async fn attempt(engine: &Engine, env_id: &str, d: &Dequeued, snapshot: &str) -> Option<(String, i64)> {
+    let (engine, env_id) = (engine.clone(), env_id.to_string());
+    let Ok(started) = engine.start_attempt(&env_id, &d.run.id, snapshot).await else { return None };
     let run = started.run.clone();
     let at = Attempt {
         engine: engine.clone(),
@@ -224,11 +236,18 @@ async fn execute(engine: Engine, env_id: String, d: Dequeued) {
     };
     let latest = match engine.get_run(&env_id, &run.id).await {
         Ok(d) => d.run.snapshot_id,
-        Err(_) => return,
+        Err(_) => return None,
     };
     let snapshot = if at.canceled().await { latest } else { started.snapshot.id.clone() };
-    if let Err(e) = engine.complete_attempt(&env_id, &run.id, &snapshot, completion, None).await {
-        eprintln!("completing {} failed: {e}", run.id);
+    match engine.complete_attempt(&env_id, &run.id, &snapshot, completion, None).await {
+        Ok(o) if o.status == trigger_engine::AttemptStatus::RetryImmediately => {
+            Some((o.snapshot.id, o.retry_at.unwrap_or_else(|| engine.now())))
+        }
+        Ok(_) => None,
+        Err(e) => {
+            eprintln!("completing {} failed: {e}", run.id);
+            None
+        }
     }
 }
 

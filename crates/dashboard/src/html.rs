@@ -116,7 +116,7 @@ impl Page<'_> {
 <header class="top">
   <a class="brand" href="/dashboard/{slug}/runs"><span class="logo" aria-hidden="true">▲</span> trigger.rs</a>
   <nav class="envs" aria-label="Environment">{envs}</nav>
-  <span class="live-dot" id="live-status" role="status" aria-live="polite" title="Live updates">offline</span>
+  <span class="live-dot" id="live-status" role="status" title="Live updates"{live_hidden}>connecting…</span>
   <form method="post" action="/dashboard/logout" class="logout"><input type="hidden" name="csrf" value="{csrf}"><button class="btn ghost small" type="submit">Sign out</button></form>
 </header>
 <nav class="tabs" aria-label="Sections">{nav}</nav>
@@ -128,6 +128,7 @@ impl Page<'_> {
             title = esc(self.title),
             envl = env_label(self.env.kind),
             body = self.body,
+            live_hidden = if self.live.is_some() { "" } else { " hidden" },
         )
     }
 }

@@ -8,8 +8,8 @@ use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use tower::ServiceExt;
 use trigger_engine::{
-    Engine, EngineOptions, EnvironmentType, Packet, QueueManifest, TaskManifest, TriggerOptions, TriggerRequest,
-    WorkerManifest,
+    Engine, EngineOptions, EnvironmentType, Packet, QueueManifest, TaskManifest, TriggerOptions,
+    TriggerRequest, WorkerManifest,
 };
 use trigger_storage_sqlite::SqliteStore;
 
@@ -78,7 +78,8 @@ async fn sign_in(f: &Fixture) -> (String, String) {
     }
     let cookie = set.split(';').next().unwrap().to_string();
     let (_, _, page) = send(&f.router, get("/dashboard/dev/runs", Some(&cookie))).await;
-    let csrf = page.split("<meta name=\"csrf\" content=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let csrf =
+        page.split("<meta name=\"csrf\" content=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
     (cookie, csrf)
 }
 
@@ -130,11 +131,8 @@ async fn nothing_but_login_and_assets_without_a_session() {
 async fn login_tokens_sessions_and_csrf() {
     let f = fixture().await;
     // Wrong tokens, a secret key (not accepted by default) and a PAT open nothing.
-    let (_, dev_key) = f
-        .engine
-        .create_api_key(trigger_engine::ApiKeyKind::Secret, Some(&f.dev_env), "k")
-        .await
-        .unwrap();
+    let (_, dev_key) =
+        f.engine.create_api_key(trigger_engine::ApiKeyKind::Secret, Some(&f.dev_env), "k").await.unwrap();
     for bad in ["", "tr_dash_nope", &dev_key] {
         let (status, headers, body) =
             send(&f.router, post("/dashboard/login", None, &format!("token={bad}"))).await;
@@ -143,11 +141,9 @@ async fn login_tokens_sessions_and_csrf() {
         assert!(body.contains("not valid"));
     }
     // An open redirect is refused: `next` stays on the dashboard.
-    let (_, _, body) = send(
-        &f.router,
-        get(&format!("/dashboard/login?token={}&next=https://evil.example/", f.token), None),
-    )
-    .await;
+    let (_, _, body) =
+        send(&f.router, get(&format!("/dashboard/login?token={}&next=https://evil.example/", f.token), None))
+            .await;
     assert!(body.contains("url=/dashboard\"") && !body.contains("evil"));
 
     let (cookie, csrf) = sign_in(&f).await;
@@ -168,7 +164,8 @@ async fn login_tokens_sessions_and_csrf() {
 
     // Bad input is a clear 422 and changes nothing.
     let form = format!("payload=%7Bnope&csrf={csrf}");
-    let (status, _, body) = send(&f.router, post("/dashboard/dev/tasks/hello/test", Some(&cookie), &form)).await;
+    let (status, _, body) =
+        send(&f.router, post("/dashboard/dev/tasks/hello/test", Some(&cookie), &form)).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(body.contains("payload: not valid JSON"));
 

@@ -94,8 +94,18 @@ pub(crate) async fn list_page(
             .as_deref()
             .map(|d| format!("<p class=\"muted\">{}</p>", esc(d)))
             .unwrap_or_default();
-        let sample =
-            task.payload_schema.as_ref().map(|_| "{}".to_string()).unwrap_or_else(|| "{}".to_string());
+        // Prefill with the payload of the task's latest run, as a starting point.
+        let sample = match recent.first() {
+            Some(r) => engine
+                .get_run(&ctx.env.id, &r.id)
+                .await
+                .ok()
+                .and_then(|d| d.payload.data)
+                .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
+                .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                .unwrap_or_else(|| "{}".into()),
+            None => "{}".into(),
+        };
         let tid = esc(&task.slug);
         let _ = write!(
             cards,
