@@ -1,12 +1,131 @@
-//! Shared set-up for the engine's tests: an engine on in-memory SQLite with a virtual clock.
+//! Shared set-up for the engine's tests: an engine with a virtual clock on either backend,
+//! in-memory SQLite or a fresh PostgreSQL schema. [`on_every_backend!`] instantiates each
+//! test once per backend (`sqlite::name`, `postgres::name`).
 
 #![allow(dead_code)]
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use serde_json::json;
+use trigger_engine::storage::{RemoteSink, StorageResult, Store, Tx};
 use trigger_engine::*;
+use trigger_storage_postgres::{PostgresOptions, PostgresStore, SynchronousCommit};
 use trigger_storage_sqlite::SqliteStore;
+
+/// Defines each `async fn name() { … }` as a Tokio test in module `sqlite` and in module
+/// `postgres`, its body run with that backend selected.
+#[allow(unused_macros)]
+macro_rules! on_every_backend {
+    ($($(#[$meta:meta])* async fn $name:ident() $body:block)*) => {
+        mod sqlite {
+            use super::*;
+            $( $(#[$meta])* #[tokio::test] async fn $name() { crate::common::Backend::Sqlite.select(); $body } )*
+        }
+        mod postgres {
+            use super::*;
+            $( $(#[$meta])* #[tokio::test] async fn $name() { crate::common::Backend::Postgres.select(); $body } )*
+        }
+    };
+}
+
+/// Where the engines of this thread's test keep their data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+thread_local! {
+    static BACKEND: Cell<Backend> = const { Cell::new(Backend::Sqlite) };
+}
+
+impl Backend {
+    /// Selects the backend for the stores this thread creates next.
+    pub fn select(self) {
+        BACKEND.with(|b| b.set(self));
+    }
+
+    pub fn current() -> Self {
+        BACKEND.with(Cell::get)
+    }
+}
+
+/// `TRIGGER_TEST_DATABASE_URL`, or the local server.
+pub fn database_url() -> String {
+    std::env::var("TRIGGER_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A store of the selected backend; a PostgreSQL one has a schema of its own, dropped with
+/// the store.
+pub enum TestStore {
+    Sqlite(Box<SqliteStore>),
+    /// Fields drop in order: the connection closes before the schema goes (`None`: the
+    /// schema outlives the store, as across a restart).
+    Postgres(Box<PostgresStore>, Option<DropSchema>),
+}
+
+/// Drops a PostgreSQL schema when dropped.
+pub struct DropSchema(pub String);
+
+impl Drop for DropSchema {
+    fn drop(&mut self) {
+        if let Err(e) = PostgresStore::drop_schema(&database_url(), &self.0) {
+            eprintln!("could not drop schema {}: {e}", self.0);
+        }
+    }
+}
+
+impl Store for TestStore {
+    fn begin(&mut self) -> StorageResult<Box<dyn Tx + '_>> {
+        match self {
+            TestStore::Sqlite(s) => s.begin(),
+            TestStore::Postgres(s, _) => s.begin(),
+        }
+    }
+
+    fn listen(&mut self, sink: RemoteSink) {
+        match self {
+            TestStore::Sqlite(s) => s.listen(sink),
+            TestStore::Postgres(s, _) => s.listen(sink),
+        }
+    }
+}
+
+/// A unique schema name for this process.
+pub fn unique_schema(what: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("trigger_test_{what}_{}_{nanos:x}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst))
+}
+
+/// Connects to a PostgreSQL schema (created if needed). An unreachable database fails the
+/// test: it never skips.
+pub fn postgres_store(schema: &str) -> PostgresStore {
+    let options = PostgresOptions {
+        schema: Some(schema.to_string()),
+        synchronous_commit: Some(SynchronousCommit::Off),
+        ..PostgresOptions::default()
+    };
+    PostgresStore::connect(&database_url(), options)
+        .unwrap_or_else(|e| panic!("cannot connect to {} (is PostgreSQL running?): {e}", database_url()))
+}
+
+/// A fresh, empty store of the selected backend.
+pub fn store() -> TestStore {
+    match Backend::current() {
+        Backend::Sqlite => TestStore::Sqlite(Box::new(SqliteStore::memory().expect("memory store"))),
+        Backend::Postgres => {
+            let schema = unique_schema("engine");
+            TestStore::Postgres(Box::new(postgres_store(&schema)), Some(DropSchema(schema)))
+        }
+    }
+}
 
 pub const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 
@@ -26,10 +145,7 @@ pub async fn harness(tasks: Vec<TaskManifest>, queues: Vec<QueueManifest>) -> Ha
 
 pub async fn harness_with(config: Config, tasks: Vec<TaskManifest>, queues: Vec<QueueManifest>) -> Harness {
     let clock = ManualClock::new(T0);
-    let engine = Engine::start(
-        SqliteStore::memory().expect("memory store"),
-        EngineOptions { config, clock: Arc::new(clock.clone()) },
-    );
+    let engine = Engine::start(store(), EngineOptions { config, clock: Arc::new(clock.clone()) });
     let env = engine.create_environment("proj_test", EnvironmentType::Production, None).await.unwrap();
     engine
         .register_worker(

@@ -1,13 +1,14 @@
 //! Deterministic lifecycle tests on a virtual clock: retries, leases, TTL, delays, waits,
 //! tokens, cancel, stale calls.
 
+#[macro_use]
 mod common;
 
 use common::*;
 use serde_json::json;
 use trigger_engine::*;
 
-#[tokio::test]
+on_every_backend! {
 async fn a_run_goes_from_queued_to_completed_through_its_snapshots() {
     let h = harness(vec![task("hello")], vec![]).await;
     let run = h.trigger("hello").await;
@@ -51,7 +52,6 @@ async fn a_run_goes_from_queued_to_completed_through_its_snapshots() {
     );
 }
 
-#[tokio::test]
 async fn failed_attempts_retry_after_exact_backoff_delays_then_fail() {
     let h = harness(vec![retrying("flaky", 3)], vec![]).await;
     let run = h.trigger("flaky").await;
@@ -79,7 +79,6 @@ async fn failed_attempts_retry_after_exact_backoff_delays_then_fail() {
     assert_eq!(h.run(&run.id).await.attempt_number, 3, "maxAttempts counts every attempt");
 }
 
-#[tokio::test]
 async fn the_worker_can_skip_retrying_or_choose_the_delay() {
     let h = harness(vec![retrying("flaky", 5)], vec![]).await;
     let run = h.trigger("flaky").await;
@@ -116,7 +115,6 @@ async fn the_worker_can_skip_retrying_or_choose_the_delay() {
     assert_eq!(outcome.run.attempt_number, 2);
 }
 
-#[tokio::test]
 async fn max_duration_ends_the_run_timed_out_without_retry() {
     let h = harness(vec![retrying("slow", 5)], vec![]).await;
     let run = h.trigger("slow").await;
@@ -131,7 +129,6 @@ async fn max_duration_ends_the_run_timed_out_without_retry() {
     assert_eq!(outcome.status, AttemptStatus::RunFinished);
 }
 
-#[tokio::test]
 async fn a_short_retry_stays_on_the_worker_and_keeps_its_slot() {
     let config = Config { retry_immediately_threshold_ms: 5_000, ..config() };
     let h = harness_with(config, vec![retrying("flaky", 3)], vec![]).await;
@@ -146,7 +143,6 @@ async fn a_short_retry_stays_on_the_worker_and_keeps_its_slot() {
     assert_eq!(started.run.attempt_number, 2);
 }
 
-#[tokio::test]
 async fn a_silent_worker_is_detected_at_the_lease_timeout_and_never_before() {
     let h = harness(vec![retrying("work", 2)], vec![]).await;
     let run = h.trigger("work").await;
@@ -183,7 +179,6 @@ async fn a_silent_worker_is_detected_at_the_lease_timeout_and_never_before() {
     assert!(h.snapshot(&run.id).await.id != snapshot);
 }
 
-#[tokio::test]
 async fn a_claimed_run_whose_worker_vanishes_before_starting_goes_back_to_the_queue() {
     let h = harness(vec![task("work")], vec![]).await;
     let run = h.trigger("work").await;
@@ -196,7 +191,6 @@ async fn a_claimed_run_whose_worker_vanishes_before_starting_goes_back_to_the_qu
     assert_eq!(h.dequeue(1).await.len(), 1, "it can be claimed again");
 }
 
-#[tokio::test]
 async fn a_run_not_dequeued_within_its_ttl_expires_and_its_waiting_parent_sees_the_error() {
     let h = harness(vec![task("parent"), task("child")], vec![]).await;
     let parent = h.trigger("parent").await;
@@ -232,7 +226,6 @@ async fn a_run_not_dequeued_within_its_ttl_expires_and_its_waiting_parent_sees_t
     assert_eq!(wp.completed_by_run_id.as_deref(), Some(child.id.as_str()));
 }
 
-#[tokio::test]
 async fn delayed_runs_wait_for_their_time_and_can_be_rescheduled_while_delayed() {
     let h = harness(vec![task("later")], vec![]).await;
     let run = h
@@ -256,7 +249,6 @@ async fn delayed_runs_wait_for_their_time_and_can_be_rescheduled_while_delayed()
     assert!(matches!(err, Error::InvalidState(_)), "only a delayed run can be rescheduled");
 }
 
-#[tokio::test]
 async fn duration_waits_block_and_resume_exactly_once_and_are_idempotent() {
     let h = harness(vec![task("sleeper")], vec![]).await;
     let run = h.trigger("sleeper").await;
@@ -293,7 +285,6 @@ async fn duration_waits_block_and_resume_exactly_once_and_are_idempotent() {
     assert_eq!(after.completed_waitpoints[0].id, wp.id);
 }
 
-#[tokio::test]
 async fn tokens_complete_by_hand_or_time_out_with_the_timeout_error() {
     let h = harness(vec![task("approver")], vec![]).await;
     let run = h.trigger("approver").await;
@@ -348,7 +339,6 @@ async fn tokens_complete_by_hand_or_time_out_with_the_timeout_error() {
     assert_eq!(h.snapshot(&run.id).await.id, resumed.id);
 }
 
-#[tokio::test]
 async fn cancelling_a_parent_cancels_its_unfinished_children_recursively() {
     let h = harness(vec![task("root"), task("mid"), task("leaf")], vec![]).await;
     let root = h.trigger("root").await;
@@ -406,7 +396,6 @@ async fn cancelling_a_parent_cancels_its_unfinished_children_recursively() {
     assert_eq!(again.status, RunStatus::Canceled, "cancelling a finished run is a no-op");
 }
 
-#[tokio::test]
 async fn stale_calls_are_rejected_and_change_nothing() {
     let h = harness(vec![task("t")], vec![]).await;
     let run = h.trigger("t").await;
@@ -442,7 +431,6 @@ async fn stale_calls_are_rejected_and_change_nothing() {
     );
 }
 
-#[tokio::test]
 async fn bad_trigger_input_is_refused_with_the_field_named_and_nothing_written() {
     let h = harness(vec![task("t")], vec![]).await;
     let tags: Vec<String> = (0..11).map(|i| format!("t{i}")).collect();
@@ -471,7 +459,6 @@ async fn bad_trigger_input_is_refused_with_the_field_named_and_nothing_written()
     assert!(runs.is_empty());
 }
 
-#[tokio::test]
 async fn metadata_operations_apply_in_order_to_the_run_its_parent_and_root() {
     let h = harness(vec![task("parent"), task("child")], vec![]).await;
     let parent = h
@@ -517,7 +504,6 @@ async fn metadata_operations_apply_in_order_to_the_run_its_parent_and_root() {
     );
 }
 
-#[tokio::test]
 async fn replay_creates_a_new_run_from_the_old_payload_and_options() {
     let h =
         harness(vec![task("t")], vec![QueueManifest { name: "named".into(), concurrency_limit: Some(2) }])
@@ -554,7 +540,6 @@ async fn replay_creates_a_new_run_from_the_old_payload_and_options() {
     assert_eq!(payload.data.as_deref(), Some(r#"{"n":2}"#));
 }
 
-#[tokio::test]
 async fn run_events_are_stored_in_order_and_scoped_to_the_environment() {
     let h = harness(vec![task("t")], vec![]).await;
     let run = h.trigger("t").await;
@@ -590,4 +575,5 @@ async fn run_events_are_stored_in_order_and_scoped_to_the_environment() {
     assert_eq!(after.len(), 2);
     let other = h.engine.create_environment("proj_test", EnvironmentType::Staging, None).await.unwrap();
     assert!(matches!(h.engine.list_events(&other.id, &run.id, 0, 10).await, Err(Error::NotFound(_))));
+}
 }

@@ -201,6 +201,15 @@ proptest! {
 
     #[test]
     fn the_engine_keeps_its_invariants_under_any_interleaving(ops in proptest::collection::vec(op(), 1..40)) {
+        Backend::Sqlite.select();
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run_case(ops));
+    }
+
+    #[test]
+    fn the_engine_keeps_its_invariants_under_any_interleaving_on_postgres(
+        ops in proptest::collection::vec(op(), 1..40)
+    ) {
+        Backend::Postgres.select();
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run_case(ops));
     }
 }

@@ -1,6 +1,7 @@
 //! Queues, concurrency limits, priority, idempotency, batches and parent/child scheduling,
 //! deterministic on a virtual clock.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
@@ -13,7 +14,7 @@ fn limited(name: &str, limit: u32) -> QueueManifest {
     QueueManifest { name: name.into(), concurrency_limit: Some(limit) }
 }
 
-#[tokio::test]
+on_every_backend! {
 async fn queue_key_and_environment_limits_are_never_exceeded() {
     let h = harness(
         vec![on_queue("job", "q3"), on_queue("keyed", "k1")],
@@ -54,7 +55,6 @@ async fn queue_key_and_environment_limits_are_never_exceeded() {
     assert_eq!(h2.running().await, 2);
 }
 
-#[tokio::test]
 async fn runs_start_in_priority_then_fifo_order() {
     let h = harness(vec![on_queue("job", "one")], vec![limited("one", 1)]).await;
     let mut order = Vec::new();
@@ -75,7 +75,6 @@ async fn runs_start_in_priority_then_fifo_order() {
     assert_eq!(started, vec![4, 2, 0, 1, 3]);
 }
 
-#[tokio::test]
 async fn paused_queues_keep_their_runs_until_resumed() {
     let h = harness(vec![on_queue("job", "pausable")], vec![limited("pausable", 5)]).await;
     h.trigger("job").await;
@@ -85,7 +84,6 @@ async fn paused_queues_keep_their_runs_until_resumed() {
     assert_eq!(h.dequeue(10).await.len(), 1);
 }
 
-#[tokio::test]
 async fn a_parent_and_its_children_on_one_queue_with_limit_one_complete() {
     let h =
         harness(vec![on_queue("parent", "solo"), on_queue("child", "solo")], vec![limited("solo", 1)]).await;
@@ -129,7 +127,6 @@ async fn a_parent_and_its_children_on_one_queue_with_limit_one_complete() {
     assert_eq!(h.running().await, 0);
 }
 
-#[tokio::test]
 async fn a_resuming_parent_waits_for_a_slot_and_goes_ahead_of_newer_work() {
     let h = harness(
         vec![on_queue("parent", "solo"), on_queue("child", "solo"), on_queue("other", "solo")],
@@ -166,7 +163,6 @@ async fn a_resuming_parent_waits_for_a_slot_and_goes_ahead_of_newer_work() {
     assert_eq!(h.dequeue(10).await[0].run.id, newer.id);
 }
 
-#[tokio::test]
 async fn idempotency_keys_return_the_cached_run_except_when_expired_or_failed() {
     let h = harness(vec![task("once")], vec![]).await;
     let keyed = |ttl: Option<u64>| TriggerOptions {
@@ -224,7 +220,6 @@ async fn idempotency_keys_return_the_cached_run_except_when_expired_or_failed() 
     assert_eq!((again.accepted, again.deduplicated), (0, 2), "items are deduplicated by index");
 }
 
-#[tokio::test]
 async fn batch_trigger_and_wait_resumes_the_parent_with_every_result_by_index() {
     let h = harness(vec![task("parent"), task("child")], vec![]).await;
     let parent = h.trigger("parent").await;
@@ -287,7 +282,6 @@ async fn batch_trigger_and_wait_resumes_the_parent_with_every_result_by_index() 
     assert!(matches!(too_many, Err(Error::Invalid(_))));
 }
 
-#[tokio::test]
 async fn machines_are_claimed_only_when_they_fit_the_workers_capacity() {
     let big = TaskManifest { machine: Some(MachinePreset::Large1x), ..task("big") };
     let h = harness(vec![big, task("small")], vec![]).await;
@@ -303,7 +297,6 @@ async fn machines_are_claimed_only_when_they_fit_the_workers_capacity() {
     assert_eq!(claimed[0].machine.cpu(), 4.0);
 }
 
-#[tokio::test]
 async fn runs_wait_in_pending_version_until_their_queue_is_registered() {
     let h = harness(vec![task("t")], vec![]).await;
     let run = h
@@ -328,7 +321,6 @@ async fn runs_wait_in_pending_version_until_their_queue_is_registered() {
     assert_eq!(h.dequeue(10).await.len(), 1);
 }
 
-#[tokio::test]
 async fn one_claim_per_run_under_concurrent_dequeues() {
     let h = harness(vec![task("t")], vec![]).await;
     for _ in 0..200 {
@@ -351,4 +343,5 @@ async fn one_claim_per_run_under_concurrent_dequeues() {
         h.advance(Config::default().heartbeat.pending_cancel).await;
     }
     assert_eq!(h.running().await, 0);
+}
 }

@@ -1,6 +1,7 @@
 //! Durability across restarts: what was acknowledged survives, and timers armed before a
 //! restart fire once after it.
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -10,6 +11,32 @@ use serde_json::json;
 use trigger_engine::*;
 use trigger_storage_sqlite::SqliteStore;
 
+/// Where the test's data outlives its engines: a SQLite file, or a PostgreSQL schema.
+enum Place {
+    File(std::path::PathBuf),
+    Schema(String),
+}
+
+impl Place {
+    fn new(name: &str) -> Self {
+        match Backend::current() {
+            Backend::Sqlite => Place::File(temp_db(name)),
+            Backend::Postgres => Place::Schema(unique_schema(name)),
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        match self {
+            Place::File(path) => {
+                let _ = std::fs::remove_dir_all(path.parent().unwrap());
+            }
+            Place::Schema(schema) => drop(DropSchema(schema.clone())),
+        }
+    }
+}
+
 fn temp_db(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("trigger-engine-{name}-{}-{}", std::process::id(), T0));
     let _ = std::fs::remove_dir_all(&dir);
@@ -17,16 +44,17 @@ fn temp_db(name: &str) -> std::path::PathBuf {
     dir.join("trigger.db")
 }
 
-fn start(path: &std::path::Path, clock: &ManualClock) -> Engine {
-    Engine::start(
-        SqliteStore::open(path).unwrap(),
-        EngineOptions { config: config(), clock: Arc::new(clock.clone()) },
-    )
+fn start(place: &Place, clock: &ManualClock) -> Engine {
+    let store = match place {
+        Place::File(path) => TestStore::Sqlite(Box::new(SqliteStore::open(path).unwrap())),
+        Place::Schema(schema) => TestStore::Postgres(Box::new(postgres_store(schema)), None),
+    };
+    Engine::start(store, EngineOptions { config: config(), clock: Arc::new(clock.clone()) })
 }
 
-#[tokio::test]
+on_every_backend! {
 async fn acknowledged_runs_and_armed_timers_survive_a_restart_and_fire_once() {
-    let path = temp_db("restart");
+    let path = Place::new("restart");
     let clock = ManualClock::new(T0);
     let engine = start(&path, &clock);
     let env = engine.create_environment("proj", EnvironmentType::Production, None).await.unwrap();
@@ -76,5 +104,5 @@ async fn acknowledged_runs_and_armed_timers_survive_a_restart_and_fire_once() {
         .await;
     assert!(matches!(done, Err(Error::StaleSnapshot { .. })));
     engine.shutdown().await;
-    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
 }
