@@ -213,6 +213,15 @@ impl AppState {
 
 /// The server's router over a state.
 pub fn app(state: AppState) -> Router {
+    let revoked = state.clone();
+    let dashboard = trigger_dashboard::router(
+        state.engine().clone(),
+        trigger_dashboard::Options {
+            // A key revoked in the dashboard stops working at once on this server.
+            on_key_revoked: Some(Arc::new(move |id: &str| revoked.auth_cache().invalidate_key(id))),
+            ..trigger_dashboard::Options::from_env()
+        },
+    );
     routes::router(&state)
         .fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
             tracing::debug!(%method, %uri, "no such route");
@@ -224,6 +233,7 @@ pub fn app(state: AppState) -> Router {
         })
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+        .merge(dashboard)
 }
 
 /// Resolves once shutdown has begun (the guard `wait_for` returns is dropped inside, so

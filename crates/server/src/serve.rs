@@ -71,7 +71,7 @@ pub struct Bootstrap {
     pub dev_key_ids: Vec<String>,
     /// A personal access token for the CLI, only when created by this start.
     pub personal_access_token: Option<String>,
-    /// Where to point a browser.
+    /// Where to point a browser: the dashboard's login link, with this start's login token.
     pub dashboard_url: String,
 }
 
@@ -239,8 +239,10 @@ pub async fn bootstrap(state: &AppState) -> Result<Bootstrap, trigger_engine::Er
     } else {
         Some(engine.create_api_key(ApiKeyKind::PersonalAccessToken, None, "default CLI token").await?.1)
     };
+    // A fresh login token each start, in the printed dashboard link (sessions are in memory).
+    let dashboard_token = trigger_dashboard::startup_token(engine).await?;
     Ok(Bootstrap {
-        dashboard_url: state.base_url().to_string(),
+        dashboard_url: trigger_dashboard::login_url(state.base_url(), &dashboard_token),
         dev_key,
         dev_key_ids: dev_keys.into_iter().map(|k| k.id).collect(),
         personal_access_token,
@@ -249,7 +251,8 @@ pub async fn bootstrap(state: &AppState) -> Result<Bootstrap, trigger_engine::Er
 }
 
 fn log_bootstrap(b: &Bootstrap, addr: SocketAddr) {
-    tracing::info!(%addr, dashboard = %b.dashboard_url, project = %b.tenancy.project.external_ref, "trigger.rs server listening");
+    let dashboard = b.dashboard_url.split("/login").next().unwrap_or_default();
+    tracing::info!(%addr, %dashboard, project = %b.tenancy.project.external_ref, "trigger.rs server listening");
     match &b.dev_key {
         Some(_) => tracing::info!("created a dev secret key; it is shown once (see the bootstrap output)"),
         None => tracing::info!(
