@@ -45,25 +45,37 @@ pub struct PatCaller {
     pub key: ApiKey,
 }
 
-/// When a key was authenticated, and as whom.
-type Entry = (Instant, Arc<Principal>);
+/// How long a key that opens nothing is remembered as such, so that a flood of bad keys
+/// does not become a flood of engine calls.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 
-/// Recently authenticated keys, by SHA-256 of the key, so that the plain key is not kept.
+/// When a key was looked up, and as whom it authenticated (`None`: it did not).
+type Entry = (Instant, Option<Arc<Principal>>);
+
+/// Recently looked-up keys, by SHA-256 of the key, so that the plain key is not kept.
 #[derive(Debug, Default)]
 pub struct AuthCache {
     entries: Mutex<HashMap<[u8; 32], Entry>>,
 }
 
+fn fresh((at, principal): &Entry) -> bool {
+    at.elapsed() < if principal.is_some() { CACHE_TTL } else { NEGATIVE_TTL }
+}
+
 impl AuthCache {
-    fn get(&self, hash: &[u8; 32]) -> Option<Arc<Principal>> {
+    /// `Some(None)` for a key known to be bad.
+    fn get(&self, hash: &[u8; 32]) -> Option<Option<Arc<Principal>>> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.get(hash).filter(|(at, _)| at.elapsed() < CACHE_TTL).map(|(_, p)| p.clone())
+        entries.get(hash).filter(|e| fresh(e)).map(|(_, p)| p.clone())
     }
 
-    fn put(&self, hash: [u8; 32], principal: Arc<Principal>) {
+    fn put(&self, hash: [u8; 32], principal: Option<Arc<Principal>>) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() > 10_000 {
-            entries.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
+            entries.retain(|_, e| fresh(e));
+            if entries.len() > 10_000 {
+                entries.clear();
+            }
         }
         entries.insert(hash, (Instant::now(), principal));
     }
@@ -71,7 +83,7 @@ impl AuthCache {
     /// Forgets a key, so that a revoked key stops working at once on this server.
     pub fn invalidate_key(&self, key_id: &str) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.retain(|_, (_, p)| p.key.id != key_id);
+        entries.retain(|_, (_, p)| p.as_ref().is_none_or(|p| p.key.id != key_id));
     }
 }
 
@@ -84,12 +96,14 @@ fn bearer(parts_headers: &axum::http::HeaderMap) -> Option<&str> {
 /// Resolves a plain key to its principal, through the cache.
 pub async fn authenticate(state: &AppState, plain: &str) -> Result<Arc<Principal>, Error> {
     let hash: [u8; 32] = Sha256::digest(plain.as_bytes()).into();
-    if let Some(p) = state.auth_cache().get(&hash) {
-        return Ok(p);
+    let invalid = || Error::Unauthorized("Invalid API key".into());
+    if let Some(cached) = state.auth_cache().get(&hash) {
+        return cached.ok_or_else(invalid);
     }
     let engine = state.engine();
     let Some((key, env)) = engine.authenticate(plain).await? else {
-        return Err(Error::Unauthorized("Invalid API key".into()));
+        state.auth_cache().put(hash, None);
+        return Err(invalid());
     };
     let env = match env {
         Some(env) => {
@@ -108,7 +122,7 @@ pub async fn authenticate(state: &AppState, plain: &str) -> Result<Arc<Principal
         None => None,
     };
     let principal = Arc::new(Principal { key, env });
-    state.auth_cache().put(hash, principal.clone());
+    state.auth_cache().put(hash, Some(principal.clone()));
     Ok(principal)
 }
 
