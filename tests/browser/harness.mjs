@@ -25,23 +25,45 @@ const FLAGS = [
   "--disable-sync",
 ];
 
-function binary() {
-  if (process.env.DASHBOARD_BIN) return process.env.DASHBOARD_BIN;
+function build(cargoArgs, relPath) {
   const target = process.env.CARGO_TARGET_DIR || path.join(repo, "target");
-  execFileSync("cargo", ["build", "-q", "-p", "trigger-dashboard", "--example", "dev"], {
+  execFileSync("cargo", ["build", "-q", ...cargoArgs], {
     cwd: repo,
     stdio: ["ignore", "inherit", "inherit"],
     env: { ...process.env, CARGO_TARGET_DIR: target },
   });
-  const bin = path.join(target, "debug", "examples", "dev");
-  if (!existsSync(bin)) throw new Error(`no dashboard binary at ${bin}`);
+  const bin = path.join(target, "debug", relPath);
+  if (!existsSync(bin)) throw new Error(`no binary at ${bin}`);
   return bin;
 }
 
-/** Starts the server; resolves to { url, login, token, devKey, stop() }. */
+function binary() {
+  if (process.env.DASHBOARD_BIN) return process.env.DASHBOARD_BIN;
+  return build(["-p", "trigger-dashboard", "--example", "dev"], path.join("examples", "dev"));
+}
+
+/** Starts the dashboard's dev example; resolves to { url, login, token, devKey, stop() }. */
 export async function startServer(extraArgs = []) {
-  const bin = binary();
-  const child = spawn(bin, ["--port", "0", ...extraArgs], { stdio: ["ignore", "pipe", "pipe"] });
+  return startProcess(binary(), ["--port", "0", ...extraArgs]);
+}
+
+/** Starts the real `trigger dev` in a fresh folder; resolves to its `--json` line and stop(). */
+export async function startTriggerDev() {
+  const bin = process.env.TRIGGER_BIN || build(["-p", "trigger-cli", "--bin", "trigger"], "trigger");
+  const dir = mkdtempSync(path.join(tmpdir(), "trigger-dev-"));
+  const server = await startProcess(bin, ["dev", "--port", "0", "--dir", dir, "--json"]);
+  const stop = server.stop;
+  return {
+    ...server,
+    async stop() {
+      await stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+async function startProcess(bin, args) {
+  const child = spawn(bin, args, { stdio: ["ignore", "pipe", "pipe"] });
   let stderr = "";
   child.stderr.on("data", (d) => (stderr += d));
   const info = await new Promise((resolve, reject) => {
@@ -85,7 +107,7 @@ export async function startBrowser(viewport = { width: 1280, height: 900 }) {
     viewport,
   });
   // Confirmation dialogs (cancel, revoke) are accepted, as a user would.
-  context.on("page", (p) => p.on("dialog", (d) => d.accept()));
+  context.on("page", (p) => p.on("dialog", (d) => d.accept().catch(() => {})));
   return {
     context,
     async close() {
@@ -98,7 +120,7 @@ export async function startBrowser(viewport = { width: 1280, height: 900 }) {
 /** Signs in through the login form and returns the page. */
 export async function login(context, server) {
   const page = context.pages()[0] || (await context.newPage());
-  page.on("dialog", (d) => d.accept());
+  page.on("dialog", (d) => d.accept().catch(() => {}));
   await page.goto(`${server.url}/dashboard/dev/runs`);
   await page.getByLabel("Login token").fill(server.token);
   await page.getByRole("button", { name: "Sign in" }).click();
