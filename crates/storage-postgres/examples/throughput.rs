@@ -1,0 +1,100 @@
+//! The engine's throughput probe on PostgreSQL: trigger N runs concurrently, then drain them
+//! with one worker loop (dequeue → start → complete), on a fresh schema dropped afterwards.
+//!
+//! `cargo run --release -p trigger-storage-postgres --example throughput -- 20000`
+//! (`TRIGGER_TEST_DATABASE_URL` names the database; the server's `synchronous_commit`.)
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use trigger_engine::*;
+use trigger_storage_postgres::{PostgresOptions, PostgresStore};
+
+#[tokio::main]
+async fn main() {
+    let n: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(20_000);
+    let url = std::env::var("TRIGGER_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let schema = format!("trigger_throughput_{}", std::process::id());
+    let options = PostgresOptions { schema: Some(schema.clone()), ..PostgresOptions::default() };
+    let engine = Engine::start(
+        PostgresStore::connect(&url, options).unwrap(),
+        EngineOptions { clock: Arc::new(SystemClock), config: Config::default() },
+    );
+    let env = engine.create_environment("p", EnvironmentType::Production, Some(1000)).await.unwrap();
+    engine
+        .register_worker(
+            &env.id,
+            WorkerManifest {
+                content_hash: "x".into(),
+                tasks: vec![TaskManifest::new("noop")],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    let t0 = Instant::now();
+    let mut handles = Vec::new();
+    for chunk in 0..(n / 500).max(1) {
+        let engine = engine.clone();
+        let env = env.id.clone();
+        handles.push(tokio::spawn(async move {
+            let calls: Vec<_> = (0..500)
+                .map(|i| {
+                    let engine = engine.clone();
+                    let env = env.clone();
+                    async move {
+                        let req = TriggerRequest {
+                            task: "noop".into(),
+                            payload: Packet::json(&serde_json::json!({"i": chunk * 500 + i})),
+                            options: TriggerOptions { ttl_ms: Some(0), ..Default::default() },
+                        };
+                        engine.trigger(&env, req).await.unwrap();
+                    }
+                })
+                .collect();
+            for c in calls {
+                c.await;
+            }
+        }));
+    }
+    // The spawned tasks await sequentially inside; run many tasks in parallel instead.
+    for h in handles {
+        h.await.unwrap();
+    }
+    let trigger_secs = t0.elapsed().as_secs_f64();
+    println!("triggered {n} in {trigger_secs:.2}s = {:.0} runs/s", n as f64 / trigger_secs);
+
+    let t1 = Instant::now();
+    let mut done = 0;
+    while done < n {
+        let claimed = engine.dequeue(&env.id, DequeueRequest::new("w", 200)).await.unwrap();
+        let mut starts = Vec::new();
+        for d in &claimed {
+            let engine = engine.clone();
+            let (env, run, snap) = (env.id.clone(), d.run.id.clone(), d.snapshot.id.clone());
+            starts.push(tokio::spawn(async move {
+                let s = engine.start_attempt(&env, &run, &snap).await.unwrap();
+                engine
+                    .complete_attempt(
+                        &env,
+                        &run,
+                        &s.snapshot.id,
+                        Completion::success(Packet::default()),
+                        None,
+                    )
+                    .await
+                    .unwrap();
+            }));
+        }
+        for s in starts {
+            s.await.unwrap();
+        }
+        done += claimed.len();
+    }
+    let drain_secs = t1.elapsed().as_secs_f64();
+    println!("drained {n} in {drain_secs:.2}s = {:.0} runs/s", n as f64 / drain_secs);
+    engine.shutdown().await;
+    PostgresStore::drop_schema(&url, &schema).unwrap();
+}
