@@ -1,5 +1,5 @@
 //! The trigger.rs Rust SDK: Trigger.dev v4's task vocabulary in Rust — [`task`],
-//! [`queue`], [`metadata`], [`logger`], [`locals`], [`tasks`], [`idempotency_keys`],
+//! [`queue`], [`metadata`], [`logger`], [`locals`], [`tasks`], [`batch`], [`idempotency_keys`],
 //! [`wait`], [`runs`] — and the [`Worker`] that executes tasks.
 //!
 //! # Quick start
@@ -70,13 +70,14 @@
 //! - Payloads and outputs are plain JSON (serde), not SuperJSON.
 //! - Hooks are set once per task (one closure per kind); global hooks receive JSON.
 //! - Shutdown hands unfinished runs back as a failed attempt (`GRACEFUL_EXIT_TIMEOUT`)
-//!   with a retry five seconds later (so the engine queues it rather than keeping it on
+//!   with a retry six seconds later (so the engine queues it rather than keeping it on
 //!   this worker); this uses up an attempt, as the engine has no "release
 //!   without failing" call yet.
 
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod batch;
 mod client;
 pub mod context;
 mod error;

@@ -366,7 +366,7 @@ fn from_millis(ms: Millis) -> std::time::SystemTime {
 }
 
 /// How long after a shutdown a handed-back run is retried.
-const HAND_BACK_DELAY: Duration = Duration::from_secs(5);
+const HAND_BACK_DELAY: Duration = Duration::from_secs(6);
 
 fn hooks_of<A>(list: &[(String, Hook<A>)]) -> Vec<Hook<A>> {
     list.iter().map(|(_, h)| h.clone()).collect()
@@ -564,8 +564,9 @@ where
             return failure(e, None, usage_ms);
         }
         Some(CancelReason::Shutdown) => {
-            // Handed back. A delay at the engine's warm-start threshold (5 s by default) makes
-            // the engine queue the retry instead of leaving it with this worker.
+            // Handed back. A delay above the engine's warm-start threshold (5 s by default, with
+            // a second for the trip there) makes the engine queue the retry instead of leaving
+            // it with this worker, which is going away.
             let e = TaskError::internal(
                 InternalErrorCode::GracefulExitTimeout,
                 "the worker shut down during the attempt",

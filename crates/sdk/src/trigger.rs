@@ -187,7 +187,7 @@ impl<P> From<P> for BatchTriggerItem<P> {
     }
 }
 
-fn backend() -> Result<SharedBackend> {
+pub(crate) fn backend() -> Result<SharedBackend> {
     match scope::current() {
         Some(s) => Ok(s.backend.clone()),
         None => crate::client::default_backend(),
@@ -275,12 +275,23 @@ async fn create_batch(backend: &SharedBackend, count: usize, wait: bool) -> Resu
     Ok(batch)
 }
 
-fn batch_items<P: Serialize>(
-    backend: &SharedBackend,
-    task: &str,
-    items: Vec<BatchTriggerItem<P>>,
-    lock: Option<String>,
-) -> Result<Vec<EngineBatchItem>> {
+/// A batch item ready to send: task, payload and options.
+pub(crate) struct Prepared {
+    pub task: String,
+    pub payload: Packet,
+    pub options: TriggerOptions,
+}
+
+pub(crate) fn prepare<P: Serialize>(task: &str, items: Vec<BatchTriggerItem<P>>) -> Result<Vec<Prepared>> {
+    items
+        .into_iter()
+        .map(|item| {
+            Ok(Prepared { task: task.to_string(), payload: packet(&item.payload)?, options: item.options })
+        })
+        .collect()
+}
+
+fn batch_items(backend: &SharedBackend, items: Vec<Prepared>, lock: Option<String>) -> Vec<EngineBatchItem> {
     items
         .into_iter()
         .enumerate()
@@ -289,12 +300,26 @@ fn batch_items<P: Serialize>(
             if lock.is_some() {
                 options.lock_to_version = lock.clone();
             }
-            Ok(EngineBatchItem {
+            EngineBatchItem {
                 index: i as u32,
-                request: TriggerRequest { task: task.to_string(), payload: packet(&item.payload)?, options },
-            })
+                request: TriggerRequest { task: item.task, payload: item.payload, options },
+            }
         })
         .collect()
+}
+
+/// Triggers a batch of prepared items (from a task, they become its children).
+pub(crate) async fn batch_trigger_prepared(
+    backend: &SharedBackend,
+    items: Vec<Prepared>,
+) -> Result<BatchHandle> {
+    if items.is_empty() {
+        return Err(Error::Protocol("a batch needs at least one item".into()));
+    }
+    let batch = create_batch(backend, items.len(), false).await?;
+    let items = batch_items(backend, items, None);
+    backend.add_batch_items(&batch.id, items).await?;
+    runs_of_batch(backend, &batch.id).await
 }
 
 pub(crate) async fn batch_trigger_by_id<P: Serialize>(
@@ -302,13 +327,7 @@ pub(crate) async fn batch_trigger_by_id<P: Serialize>(
     task: &str,
     items: Vec<BatchTriggerItem<P>>,
 ) -> Result<BatchHandle> {
-    if items.is_empty() {
-        return Err(Error::Protocol("a batch needs at least one item".into()));
-    }
-    let batch = create_batch(backend, items.len(), false).await?;
-    let items = batch_items(backend, task, items, None)?;
-    backend.add_batch_items(&batch.id, items).await?;
-    runs_of_batch(backend, &batch.id).await
+    batch_trigger_prepared(backend, prepare(task, items)?).await
 }
 
 async fn runs_of_batch(backend: &SharedBackend, batch_id: &str) -> Result<BatchHandle> {
@@ -323,9 +342,10 @@ async fn runs_of_batch(backend: &SharedBackend, batch_id: &str) -> Result<BatchH
     })
 }
 
-pub(crate) async fn batch_trigger_and_wait_by_id<P: Serialize, O: DeserializeOwned>(
-    task: &str,
-    items: Vec<BatchTriggerItem<P>>,
+/// Triggers a batch of prepared items as children and waits for all of them; results come
+/// back in item order, decoded as `O`.
+pub(crate) async fn batch_trigger_and_wait_prepared<O: DeserializeOwned>(
+    items: Vec<Prepared>,
 ) -> Result<BatchResult<O>> {
     let scope = in_task("batch_trigger_and_wait")?;
     let backend = scope.backend.clone();
@@ -333,7 +353,8 @@ pub(crate) async fn batch_trigger_and_wait_by_id<P: Serialize, O: DeserializeOwn
         return Ok(BatchResult { id: String::new(), runs: Vec::new() });
     }
     let count = items.len();
-    let engine_items = batch_items(&backend, task, items, scope.ctx.run.version.clone())?;
+    let tasks: Vec<String> = items.iter().map(|i| i.task.clone()).collect();
+    let engine_items = batch_items(&backend, items, scope.ctx.run.version.clone());
     let b = backend.clone();
     let (batch, completed) = wait::block_and_wait(
         &scope,
@@ -349,12 +370,20 @@ pub(crate) async fn batch_trigger_and_wait_by_id<P: Serialize, O: DeserializeOwn
     )
     .await?;
     let mut runs = Vec::with_capacity(count);
-    for index in 0..count as u32 {
-        let wp = completed.iter().find(|wp| wp.index == Some(index) && wp.completed_by_run_id.is_some());
+    for (index, task) in tasks.iter().enumerate() {
+        let wp =
+            completed.iter().find(|wp| wp.index == Some(index as u32) && wp.completed_by_run_id.is_some());
         let run_id = wp.and_then(|wp| wp.completed_by_run_id.clone()).unwrap_or_default();
         runs.push(result_of(task, &run_id, wp)?);
     }
     Ok(BatchResult { id: batch.id, runs })
+}
+
+pub(crate) async fn batch_trigger_and_wait_by_id<P: Serialize, O: DeserializeOwned>(
+    task: &str,
+    items: Vec<BatchTriggerItem<P>>,
+) -> Result<BatchResult<O>> {
+    batch_trigger_and_wait_prepared(prepare(task, items)?).await
 }
 
 impl<P, O> Task<P, O>

@@ -230,7 +230,11 @@ async fn shutdown_drains_in_flight_runs_and_hands_back_the_rest() {
     let done = h.wait_final(&q, Duration::from_secs(5)).await;
     assert_eq!(output(&done), json!("finished during the drain"));
     let handed_back = h.run(&s).await;
-    assert!(!handed_back.run.status.is_final(), "the stuck run was handed back, not failed");
+    assert_eq!(
+        handed_back.run.status,
+        RunStatus::Queued,
+        "the stuck run was handed back to the queue, not failed"
+    );
     assert_eq!(
         handed_back.run.error.as_ref().and_then(|e| e.code()),
         Some(InternalErrorCode::GracefulExitTimeout)
@@ -250,5 +254,39 @@ async fn shutdown_drains_in_flight_runs_and_hands_back_the_rest() {
     h.worker = Some(worker);
     let done = h.wait_final(&s, Duration::from_secs(20)).await;
     assert_eq!(output(&done), json!("second attempt"));
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mixed_batches_and_parent_and_root_metadata() {
+    let double = task::<u64, u64>("double").run(|n, _| async move {
+        trigger_sdk::metadata::parent().increment("children", 1);
+        trigger_sdk::metadata::root().append("finished", "double");
+        Ok::<_, TaskError>(n * 2)
+    });
+    let shout = task::<String, String>("shout").run(|s, _| async move {
+        trigger_sdk::metadata::parent().increment("children", 1);
+        trigger_sdk::metadata::root().append("finished", "shout");
+        Ok::<_, TaskError>(s.to_uppercase())
+    });
+    let fanout = task::<Value, Value>("fanout").run(|_, _| async move {
+        use trigger_sdk::batch::{self, Item};
+        let result =
+            batch::trigger_and_wait(vec![Item::new("double", 21)?, Item::new("shout", "hi")?]).await?;
+        let outputs: Vec<Value> = result.runs.into_iter().map(|r| r.unwrap()).collect::<Result<_, _>>()?;
+        Ok::<_, TaskError>(json!(outputs))
+    });
+    let h =
+        Harness::start(vec![double.into_task(), shout.into_task(), fanout.into_task()], common::options())
+            .await;
+    let id = trigger(&h, "fanout", json!({})).await;
+    let done = h.wait_final(&id, Duration::from_secs(20)).await;
+    assert_eq!(done.run.status, RunStatus::Completed, "{:?}", done.run.error);
+    assert_eq!(output(&done), json!([42, "HI"]), "outputs in item order, per task");
+    let m = common::metadata(&done);
+    assert_eq!(m["children"], json!(2), "children updated their parent's metadata");
+    let mut finished: Vec<String> = serde_json::from_value(m["finished"].clone()).unwrap();
+    finished.sort();
+    assert_eq!(finished, vec!["double", "shout"], "and their root's");
     h.shutdown().await;
 }

@@ -15,7 +15,7 @@
 //! - **Panics** fail the attempt (`Panic: the task panicked: …`); the worker keeps going.
 //! - **Shutdown.** Stop claiming, let in-flight runs finish within the drain timeout, then
 //!   fire their tokens: each hands its run back with `GRACEFUL_EXIT_TIMEOUT` and a retry
-//!   five seconds later (this uses up an attempt; see the crate docs).
+//!   six seconds later (this uses up an attempt; see the crate docs).
 
 pub(crate) mod capacity;
 

@@ -57,8 +57,15 @@ impl Harness {
                 return details;
             }
             let Some(left) = end.checked_duration_since(Instant::now()) else {
+                let history = self.backend.engine().snapshots_since(self.env(), id, None).await.unwrap();
+                let history: Vec<String> = history
+                    .iter()
+                    .map(|s| {
+                        format!("{} (attempt {}): {}", s.execution_status, s.attempt_number, s.description)
+                    })
+                    .collect();
                 panic!(
-                    "deadline passed waiting for run {id}: {:?} metadata {:?}",
+                    "deadline passed waiting for run {id}: {:?} metadata {:?}\nsnapshots: {history:#?}",
                     details.run.status, details.run.metadata
                 );
             };
