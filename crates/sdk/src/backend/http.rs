@@ -1,10 +1,4 @@
-//! The HTTP backend: the server's Trigger.dev-compatible endpoints (`/api/…`, `/engine/…`),
-//! over plain HTTP/1.1 (put TLS in front with a proxy; `https` URLs are refused).
-//!
-//! Responses are Trigger.dev's JSON shapes; they are mapped onto the engine's types, and
-//! fields the wire does not carry are left at their defaults (timestamps are 0, a run's
-//! retry policy is unknown). Changes are pushed over the server's SSE channel
-//! (`/engine/v1/dev/runs/notifications`).
+//! The HTTP backend (see [`Http`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,7 +22,14 @@ use trigger_engine::{
 use super::{Backend, BoxFuture};
 use crate::error::{Error, Result};
 
-/// The server's endpoints, with an environment's secret key.
+/// The server's Trigger.dev-compatible endpoints (`/api/…`, `/engine/…`, `/otel/…`) with an
+/// environment's secret key, over plain HTTP/1.1 (put TLS in front with a proxy; `https`
+/// URLs are refused).
+///
+/// Responses are Trigger.dev's JSON shapes mapped onto the engine's types; fields the wire
+/// does not carry keep their defaults (timestamps are 0, a run's retry policy is unknown,
+/// replay overrides are not sent). Run changes are pushed over the server's SSE channel
+/// (`/engine/v1/dev/runs/notifications`); log lines go to the OTLP logs sink.
 #[derive(Clone)]
 pub struct Http {
     inner: Arc<Inner>,
@@ -78,12 +79,25 @@ impl Http {
     }
 
     async fn send(&self, method: Method, path: &str, body: Option<(String, &str)>) -> Result<Value> {
+        self.send_as(method, path, body, None).await
+    }
+
+    async fn send_as(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(String, &str)>,
+        instance: Option<&str>,
+    ) -> Result<Value> {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{}", self.inner.base, path))
             .header("authorization", format!("Bearer {}", self.inner.key))
             .header("x-trigger-api-version", "2025-07-16")
             .header("accept", "application/json");
+        if let Some(instance) = instance {
+            req = req.header("x-trigger-worker-instance", instance);
+        }
         let body = match body {
             Some((text, content_type)) => {
                 req = req.header("content-type", content_type);
@@ -461,19 +475,14 @@ impl Backend for Http {
             if let (Some(cpu), Some(memory)) = (request.cpu, request.memory) {
                 body["maxResources"] = json!({ "cpu": cpu, "memory": memory });
             }
-            let req = Request::builder()
-                .method(Method::POST)
-                .uri(format!("{}/engine/v1/dev/dequeue", self.inner.base))
-                .header("authorization", format!("Bearer {}", self.inner.key))
-                .header("content-type", "application/json")
-                .header("x-trigger-worker-instance", &request.worker_instance)
-                .body(Full::new(Bytes::from(body.to_string())))
-                .map_err(|e| Error::Protocol(e.to_string()))?;
-            let response =
-                self.inner.client.request(req).await.map_err(|e| Error::Protocol(e.to_string()))?;
-            let bytes =
-                response.into_body().collect().await.map_err(|e| Error::Protocol(e.to_string()))?.to_bytes();
-            let v: Value = serde_json::from_slice(&bytes)?;
+            let v = self
+                .send_as(
+                    Method::POST,
+                    "/engine/v1/dev/dequeue",
+                    Some((body.to_string(), "application/json")),
+                    Some(&request.worker_instance),
+                )
+                .await?;
             let messages = v["dequeuedMessages"].as_array().cloned().unwrap_or_default();
             Ok(messages
                 .iter()
