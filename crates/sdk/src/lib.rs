@@ -69,6 +69,14 @@
 //!
 //! - Payloads and outputs are plain JSON (serde), not SuperJSON.
 //! - Hooks are set once per task (one closure per kind); global hooks receive JSON.
+//! - `max_duration` measures time inside the run future's `poll`, not process CPU time, so
+//!   an in-process `tokio::time::sleep` does not count (the TS SDK counts in-process waits
+//!   of 5 s or less).
+//! - A waiting run releases its concurrency in the engine and on the worker. Trigger.dev's
+//!   dev mode has no checkpoints and keeps the slot while waiting (reference 2.6); releasing
+//!   it is what lets a parent wait on children in its own limit-1 queue.
+//! - Calls outside a task use the backend set with [`configure`], else an
+//!   [`backend::Http`] from `TRIGGER_*` variables, else the first worker's backend.
 //! - Shutdown hands unfinished runs back as a failed attempt (`GRACEFUL_EXIT_TIMEOUT`)
 //!   with a retry six seconds later (so the engine queues it rather than keeping it on
 //!   this worker); this uses up an attempt, as the engine has no "release
