@@ -59,6 +59,9 @@ impl Drop for Inner {
     }
 }
 
+/// Timers taken per round of [`Engine::fire_due_timers`] (one command each).
+const TIMER_ROUND: usize = 256;
+
 /// A run with its payload and output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunDetails {
@@ -592,14 +595,29 @@ impl Engine {
         let mut fired = 0;
         loop {
             // Submit a round of commands at once so they share one transaction; each takes
-            // and fires one timer.
-            let round =
-                (0..64).map(|_| self.inner.writer.submit(timers::fire_next)).collect::<Result<Vec<_>>>()?;
+            // and fires one timer, and notes its key outside the transaction so that a
+            // timer whose action fails can be moved aside instead of blocking the others.
+            let slots: Vec<timers::Taken> = (0..TIMER_ROUND).map(|_| timers::Taken::default()).collect();
+            let round = slots
+                .iter()
+                .map(|slot| {
+                    let slot = slot.clone();
+                    self.inner.writer.submit(move |txn| timers::fire_next(txn, &slot))
+                })
+                .collect::<Result<Vec<_>>>()?;
             let mut exhausted = false;
-            for receiver in round {
-                match receiver.await.map_err(|_| crate::Error::Shutdown)?? {
-                    Some(_) => fired += 1,
-                    None => exhausted = true,
+            for (receiver, slot) in round.into_iter().zip(slots) {
+                match receiver.await.map_err(|_| crate::Error::Shutdown)? {
+                    Ok(Some(_)) => fired += 1,
+                    Ok(None) => exhausted = true,
+                    Err(e) if e.is_transient() || matches!(e, crate::Error::Shutdown) => return Err(e),
+                    Err(e) => match slot.key() {
+                        Some(key) => {
+                            tracing::error!(timer = %key, error = %e, "a timer's action failed; retrying it later");
+                            self.call(move |txn| timers::defer(txn, &key)).await?;
+                        }
+                        None => return Err(e),
+                    },
                 }
             }
             if exhausted {

@@ -1,6 +1,8 @@
 //! What a durable timer does when it fires. Each timer is taken and acted on in one
 //! command, so it fires exactly once even across restarts and replicas.
 
+use std::sync::{Arc, Mutex};
+
 use trigger_types::{ExecutionStatus, RunStatus, WaitpointStatus};
 
 use crate::error::Result;
@@ -8,13 +10,45 @@ use crate::lifecycle::{attempt, queue, wait};
 use crate::model::{Packet, Timer, TimerKind};
 use crate::txn::Txn;
 
+/// The key of the timer a command took, kept outside the transaction: when the timer's
+/// action fails, the transaction rolls back (the timer is due again) and the key says which
+/// timer to move aside.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Taken(Arc<Mutex<Option<String>>>);
+
+impl Taken {
+    pub(crate) fn key(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, key: &str) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(key.to_string());
+    }
+}
+
 /// Takes the earliest due timer and acts on it; `None` when nothing is due.
-pub(crate) fn fire_next(txn: &mut Txn<'_>) -> Result<Option<Timer>> {
+pub(crate) fn fire_next(txn: &mut Txn<'_>, taken: &Taken) -> Result<Option<Timer>> {
     let Some(timer) = txn.tx.take_due_timers(txn.now, 1)?.into_iter().next() else {
         return Ok(None);
     };
+    taken.set(&timer.key);
     fire(txn, &timer)?;
     Ok(Some(timer))
+}
+
+/// How long a timer whose action failed waits before it is tried again.
+const FAILED_TIMER_RETRY_MS: i64 = 60_000;
+
+/// Moves a due timer whose action failed a minute later, so it neither is lost nor blocks
+/// the timers behind it.
+pub(crate) fn defer(txn: &mut Txn<'_>, key: &str) -> Result<()> {
+    if let Some(mut timer) = txn.tx.get_timer(key)? {
+        if timer.fire_at <= txn.now {
+            timer.fire_at = txn.now + FAILED_TIMER_RETRY_MS;
+            txn.tx.set_timer(&timer)?;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn fire(txn: &mut Txn<'_>, timer: &Timer) -> Result<()> {
