@@ -290,3 +290,52 @@ async fn mixed_batches_and_parent_and_root_metadata() {
     assert_eq!(finished, vec!["double", "shout"], "and their root's");
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn catch_error_can_delay_a_retry_and_replace_the_error() {
+    let starts = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    let s = starts.clone();
+    let flaky = task::<Value, Value>("flaky")
+        .retry(trigger_sdk::RetryOptions {
+            max_attempts: 3,
+            min_timeout_in_ms: 10,
+            randomize: false,
+            ..Default::default()
+        })
+        .catch_error(|args: trigger_sdk::hooks::CatchErrorArgs<Value>| async move {
+            assert_eq!(
+                args.retry_delay,
+                Some(Duration::from_millis(10 * 2u64.pow(args.ctx.attempt.number - 1)))
+            );
+            match args.ctx.attempt.number {
+                1 => trigger_sdk::CatchError::RetryAfter(Duration::from_millis(300)),
+                _ => trigger_sdk::CatchError::ReplaceError(
+                    TaskError::with_code("REPLACED", "replaced").skip_retrying(),
+                ),
+            }
+        })
+        .run(move |_, _| {
+            let s = s.clone();
+            async move {
+                s.lock().unwrap().push(Instant::now());
+                Err::<Value, _>(TaskError::new("always"))
+            }
+        });
+    let h = Harness::start(vec![flaky.into_task()], common::options()).await;
+    let id = trigger(&h, "flaky", json!({})).await;
+    let done = h.wait_final(&id, Duration::from_secs(20)).await;
+    assert_eq!(done.run.status, RunStatus::Failed);
+    assert_eq!(done.run.attempt_number, 2, "the replaced error skips retrying");
+    match done.run.error.unwrap() {
+        trigger_sdk::TaskRunError::BuiltIn { name, message, .. } => {
+            assert_eq!((name.as_str(), message.as_str()), ("REPLACED", "replaced"))
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+    let starts = starts.lock().unwrap();
+    assert!(
+        starts[1] - starts[0] >= Duration::from_millis(300),
+        "catchError's delay replaced the policy's 10 ms"
+    );
+    h.shutdown().await;
+}
