@@ -62,6 +62,8 @@ struct Probe {
     events: Mutex<Vec<(String, String)>>,
     /// (run, attempt, when) of every attempt start.
     attempts: Mutex<Vec<(String, u32, Instant)>>,
+    /// (run, when) of every attempt's end, as the task's middleware sees it.
+    ends: Mutex<Vec<(String, Instant)>>,
     child_runs: Mutex<HashMap<u64, u32>>,
     gate: Notify,
     gate_open: std::sync::atomic::AtomicBool,
@@ -145,6 +147,7 @@ fn process_data(probe: Arc<Probe>, child: Task<Item, ChildOutput>) -> Task<Paylo
                 probe.event(&ctx.run.id, "middleware:before");
                 let result = next.run().await;
                 probe.event(&ctx.run.id, "middleware:after");
+                probe.ends.lock().unwrap().push((ctx.run.id.clone(), Instant::now()));
                 result
             }
         })
@@ -326,7 +329,11 @@ async fn retries_hooks_middleware_locals_and_idempotent_children() {
     let starts: Vec<Instant> =
         probe.attempts.lock().unwrap().iter().filter(|(r, _, _)| *r == failing).map(|(_, _, t)| *t).collect();
     assert_eq!(starts.len(), 3);
-    let (gap1, gap2) = (starts[1] - starts[0], starts[2] - starts[1]);
+    let ends: Vec<Instant> =
+        probe.ends.lock().unwrap().iter().filter(|(r, _)| *r == failing).map(|(_, t)| *t).collect();
+    assert_eq!(ends.len(), 3);
+    // From the end of an attempt to the start of the next: the policy's delay (factor 2).
+    let (gap1, gap2) = (starts[1] - ends[0], starts[2] - ends[1]);
     assert!(gap1 >= Duration::from_millis(100), "first retry waits the minimum: {gap1:?}");
     assert!(gap2 >= Duration::from_millis(200), "second retry waits twice as long: {gap2:?}");
     assert!(gap2 > gap1, "delays grow: {gap1:?} then {gap2:?}");
