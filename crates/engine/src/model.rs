@@ -154,50 +154,76 @@ pub struct Run {
     pub snapshot_id: String,
     pub execution_status: ExecutionStatus,
     pub queue: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency_key: Option<String>,
     pub priority_ms: i64,
     /// The time the run entered the queue; its score is `queue_timestamp - priority_ms`.
     pub queue_timestamp: Millis,
     pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<String>,
     pub metadata_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine: Option<MachinePreset>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_duration_secs: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_until: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key_expires_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key_options: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_run_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_run_id: Option<String>,
     pub depth: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_index: Option<u32>,
     pub resume_parent_on_completion: bool,
     pub trigger_function: TriggerFunction,
     pub is_test: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replayed_from: Option<String>,
     /// Worker version the run must execute on (`lockToVersion`), as a version string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock_to_version: Option<String>,
     /// Worker version (`worker_…`) the run was dequeued for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_id: Option<String>,
     /// The worker instance (process) holding the run while it executes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_instance: Option<String>,
     /// Retry policy locked at dequeue from the task definition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryOptions>,
     pub attempt_number: u32,
     /// Times the run was dequeued and then lost before an attempt started.
     pub dequeue_count: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<TaskRunError>,
     pub usage_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub span_id: Option<String>,
     pub created_at: Millis,
     pub updated_at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queued_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expired_at: Option<Millis>,
 }
 
@@ -208,11 +234,17 @@ pub struct CompletedWaitpoint {
     pub kind: WaitpointType,
     pub completed_at: Millis,
     /// Position in a batch, for `batchTriggerAndWait` items.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_by_run_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_by_batch_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_after: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
     pub output_type: String,
     pub output_is_error: bool,
@@ -228,7 +260,9 @@ pub struct Snapshot {
     pub run_status: RunStatus,
     pub description: String,
     pub attempt_number: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_instance: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_id: Option<String>,
     pub completed_waitpoints: Vec<CompletedWaitpoint>,
     pub created_at: Millis,
@@ -242,24 +276,33 @@ pub struct Waitpoint {
     pub env_id: String,
     pub kind: WaitpointType,
     pub status: WaitpointStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key_expires_at: Option<Millis>,
     pub user_provided_key: bool,
     /// The run whose completion completes this waitpoint (`RUN`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_by_run_id: Option<String>,
     /// The batch whose completion completes this waitpoint (`BATCH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_by_batch_id: Option<String>,
     /// When a `DATETIME` waitpoint completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_after: Option<Millis>,
     /// When a `MANUAL` token times out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
     pub output_type: String,
     pub output_is_error: bool,
     pub tags: Vec<String>,
     /// Secret part of a token's callback URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_secret: Option<String>,
     pub created_at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<Millis>,
 }
 
@@ -268,7 +311,9 @@ pub struct Waitpoint {
 pub struct BlockEdge {
     pub run_id: String,
     pub waitpoint_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_index: Option<u32>,
     pub created_at: Millis,
 }
@@ -295,15 +340,20 @@ pub struct Batch {
     pub completed_count: u32,
     pub failed_count: u32,
     pub sealed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key_expires_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_run_id: Option<String>,
     pub resume_parent_on_completion: bool,
     /// The `BATCH` waitpoint a waiting parent is blocked on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waitpoint_id: Option<String>,
     pub errors: Vec<BatchError>,
     pub created_at: Millis,
     pub updated_at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<Millis>,
 }
 
