@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::runtime::Runtime;
@@ -84,15 +86,34 @@ pub const CLIENT_GRACE: Duration = Duration::from_secs(5);
 /// queries fit easily; past this the cache is cleared).
 const STATEMENT_CACHE: usize = 512;
 
+/// A bound statement argument that can travel with a deferred write.
+pub(crate) type Param = Box<dyn ToSql + Sync + Send>;
+
+type Reply = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send>>;
+
+/// A write already sent whose answer is read with the next call that waits for one.
+struct Deferred {
+    reply: Reply,
+    /// The error when it changed no row.
+    must_change: Option<String>,
+}
+
 /// One connection and the runtime that drives it. Statements are prepared once per
 /// connection; a connection that breaks is dropped and replaced on the next `begin`.
+///
+/// Writes whose result the engine does not read ([`Session::defer`]) are sent at once and
+/// answered together with the next call that waits: requests keep their order on the
+/// connection, so the server applies them in call order, and a run of writes costs one round
+/// trip instead of one each. A failed deferred write is reported by that next call (at the
+/// latest by the commit), which PostgreSQL would refuse anyway.
 pub(crate) struct Session {
     rt: Option<Runtime>,
     config: tokio_postgres::Config,
     setup: String,
-    client: Option<Client>,
+    client: Option<Arc<Client>>,
     statements: HashMap<String, Statement>,
     timeout: Duration,
+    deferred: Vec<Deferred>,
 }
 
 impl Session {
@@ -101,10 +122,65 @@ impl Session {
     }
 
     /// The connection, or `Unavailable` while there is none.
-    fn client(&self) -> StorageResult<&Client> {
+    fn client(&self) -> StorageResult<Arc<Client>> {
         self.client
-            .as_ref()
+            .clone()
             .ok_or_else(|| StorageError::new(ErrorKind::Unavailable, "not connected to PostgreSQL"))
+    }
+
+    /// Waits for `f` and for every deferred write (sent before it), in one round trip. A
+    /// deferred write's failure is reported first: it is the one that happened first.
+    fn call<T>(&mut self, f: impl Future<Output = Result<T, tokio_postgres::Error>>) -> StorageResult<T> {
+        if self.deferred.is_empty() {
+            let outcome = run(self.rt(), self.timeout, f);
+            return self.settle(outcome);
+        }
+        let (replies, checks): (Vec<Reply>, Vec<Option<String>>) =
+            std::mem::take(&mut self.deferred).into_iter().map(|d| (d.reply, d.must_change)).unzip();
+        let timeout = self.timeout;
+        let outcome = self.rt().block_on(async {
+            tokio::time::timeout(timeout, async { tokio::join!(futures_util::future::join_all(replies), f) })
+                .await
+                .ok()
+        });
+        let Some((earlier, result)) = outcome else {
+            return self.settle::<T>(None);
+        };
+        for (reply, must_change) in earlier.into_iter().zip(checks) {
+            match reply {
+                Err(e) => return self.settle::<T>(Some(Err(e))),
+                Ok(0) if must_change.is_some() => {
+                    return Err(StorageError::new(ErrorKind::Other, must_change.unwrap_or_default()))
+                }
+                Ok(_) => {}
+            }
+        }
+        self.settle(Some(result))
+    }
+
+    /// Sends a write without waiting for its answer (see [`Session`]). `must_change` is the
+    /// error to report when it changes no row.
+    pub(crate) fn defer(
+        &mut self,
+        sql: &str,
+        params: Vec<Param>,
+        must_change: Option<String>,
+    ) -> StorageResult<()> {
+        let stmt = self.statement(sql)?;
+        let client = self.client()?;
+        let mut reply: Reply = Box::pin(async move {
+            let refs: Vec<&(dyn ToSql + Sync)> =
+                params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+            client.execute(&stmt, &refs).await
+        });
+        // The first poll queues the request on the connection, fixing its place in line.
+        if let Poll::Ready(done) =
+            reply.as_mut().poll(&mut Context::from_waker(futures_util::task::noop_waker_ref()))
+        {
+            reply = Box::pin(async move { done });
+        }
+        self.deferred.push(Deferred { reply, must_change });
+        Ok(())
     }
 
     /// Converts the outcome of a call run by [`run`], dropping the connection when the call
@@ -128,9 +204,16 @@ impl Session {
         }
     }
 
+    /// Stops waiting for the deferred writes (about to be rolled back anyway); their answers
+    /// are discarded by the connection.
+    pub(crate) fn forget_deferred(&mut self) {
+        self.deferred.clear();
+    }
+
     pub(crate) fn disconnect(&mut self) {
         self.client = None;
         self.statements.clear();
+        self.deferred.clear();
     }
 
     fn connected(&self) -> bool {
@@ -153,7 +236,7 @@ impl Session {
             });
             Ok::<_, tokio_postgres::Error>(client)
         });
-        self.client = Some(connect.map_err(from_pg)?);
+        self.client = Some(Arc::new(connect.map_err(from_pg)?));
         let setup = self.setup.clone();
         self.batch(&setup)
     }
@@ -162,8 +245,8 @@ impl Session {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let outcome = run(self.rt(), self.timeout, self.client()?.prepare(sql));
-        let stmt = self.settle(outcome)?;
+        let client = self.client()?;
+        let stmt = self.call(client.prepare(sql))?;
         if self.statements.len() >= STATEMENT_CACHE {
             self.statements.clear();
         }
@@ -173,20 +256,20 @@ impl Session {
 
     pub(crate) fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StorageResult<Vec<Row>> {
         let stmt = self.statement(sql)?;
-        let outcome = run(self.rt(), self.timeout, self.client()?.query(&stmt, params));
-        self.settle(outcome)
+        let client = self.client()?;
+        self.call(client.query(&stmt, params))
     }
 
     pub(crate) fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StorageResult<u64> {
         let stmt = self.statement(sql)?;
-        let outcome = run(self.rt(), self.timeout, self.client()?.execute(&stmt, params));
-        self.settle(outcome)
+        let client = self.client()?;
+        self.call(client.execute(&stmt, params))
     }
 
     /// Statements without parameters over the simple protocol, in one round trip.
     pub(crate) fn batch(&mut self, sql: &str) -> StorageResult<()> {
-        let outcome = run(self.rt(), self.timeout, self.client()?.batch_execute(sql));
-        self.settle(outcome)
+        let client = self.client()?;
+        self.call(client.batch_execute(sql))
     }
 }
 
@@ -262,6 +345,7 @@ impl PostgresStore {
             client: None,
             statements: HashMap::new(),
             timeout: options.statement_timeout + CLIENT_GRACE,
+            deferred: Vec::new(),
         };
         session.ensure_connected()?;
         if options.migrate {
@@ -336,6 +420,7 @@ impl PostgresStore {
                 client: None,
                 statements: HashMap::new(),
                 timeout: options.statement_timeout + CLIENT_GRACE,
+                deferred: Vec::new(),
             };
             session.ensure_connected()?;
             session.batch(&sql)

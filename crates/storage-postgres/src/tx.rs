@@ -27,12 +27,10 @@ use trigger_types::{Millis, RunStatus, WaitpointStatus};
 
 use crate::error::{corrupt, decode, encode};
 use crate::notify::payloads;
-use crate::store::Session;
+use crate::store::{Param, Session};
 
 /// Page size when [`Page::size`] is 0.
 const DEFAULT_PAGE_SIZE: u32 = 25;
-
-type Param = Box<dyn ToSql + Sync + Send>;
 
 /// One open transaction on a [`crate::PostgresStore`]'s connection. Dropping it without
 /// [`Tx::commit`] rolls it back.
@@ -76,6 +74,12 @@ impl<'s> PostgresTx<'s> {
         self.note(r)
     }
 
+    /// A write whose answer nobody reads now: sent at once, checked with the next call.
+    fn defer(&mut self, sql: &str, params: Vec<Param>, must_change: Option<String>) -> StorageResult<()> {
+        let r = self.session.defer(sql, params, must_change);
+        self.note(r)
+    }
+
     /// The JSON body in column 0 of the first row, decoded.
     fn body<T: DeserializeOwned>(
         &mut self,
@@ -108,30 +112,24 @@ impl<'s> PostgresTx<'s> {
         Ok(out)
     }
 
-    fn write_run(&mut self, sql: &str, run: &Run) -> StorageResult<u64> {
-        let body = encode(run)?;
-        let status = run.status.as_str();
-        let machine = run.machine.map(|m| m.name());
-        self.exec(
-            sql,
-            &[
-                &run.id,
-                &run.env_id,
-                &run.task,
-                &status,
-                &run.queue,
-                &run.batch_id,
-                &run.parent_run_id,
-                &run.worker_id,
-                &run.lock_to_version,
-                &run.is_test,
-                &machine,
-                &run.created_at,
-                &run.idempotency_key,
-                &run.tags,
-                &body,
-            ],
-        )
+    fn run_params(run: &Run) -> StorageResult<Vec<Param>> {
+        Ok(vec![
+            Box::new(run.id.clone()),
+            Box::new(run.env_id.clone()),
+            Box::new(run.task.clone()),
+            Box::new(run.status.as_str()),
+            Box::new(run.queue.clone()),
+            Box::new(run.batch_id.clone()),
+            Box::new(run.parent_run_id.clone()),
+            Box::new(run.worker_id.clone()),
+            Box::new(run.lock_to_version.clone()),
+            Box::new(run.is_test),
+            Box::new(run.machine.map(|m| m.name())),
+            Box::new(run.created_at),
+            Box::new(run.idempotency_key.clone()),
+            Box::new(run.tags.clone()),
+            Box::new(encode(run)?),
+        ])
     }
 
     fn write_waitpoint(&mut self, sql: &str, w: &Waitpoint) -> StorageResult<u64> {
@@ -178,6 +176,7 @@ impl Drop for PostgresTx<'_> {
         if self.open {
             // Nothing to report to; a connection that fails here is dropped by the session
             // (and the server rolls back with it).
+            self.session.forget_deferred();
             let _ = self.session.batch("ROLLBACK");
         }
     }
@@ -289,6 +288,7 @@ impl Tx for PostgresTx<'_> {
         if let Some(e) = self.failed.take() {
             // PostgreSQL would answer COMMIT with a rollback; say so instead.
             self.open = false;
+            self.session.forget_deferred();
             let _ = self.session.batch("ROLLBACK");
             return Err(StorageError::new(e.kind, format!("transaction rolled back after: {}", e.message)));
         }
@@ -305,7 +305,9 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn rollback_to_savepoint(&mut self) -> StorageResult<()> {
-        // ROLLBACK TO keeps the savepoint; RELEASE pops it. It also ends a failed state.
+        // ROLLBACK TO keeps the savepoint; RELEASE pops it. It also ends a failed state,
+        // whatever the writes it undoes answered.
+        self.session.forget_deferred();
         self.session.batch("ROLLBACK TO SAVEPOINT sp; RELEASE SAVEPOINT sp")?;
         self.failed = None;
         Ok(())
@@ -570,14 +572,20 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn update_run(&mut self, run: &Run) -> StorageResult<()> {
-        let n = self.write_run(
-            "UPDATE runs SET env_id = $2, task = $3, status = $4, queue = $5, batch_id = $6,
+        const SQL: &str = "UPDATE runs SET env_id = $2, task = $3, status = $4, queue = $5, batch_id = $6,
                  parent_run_id = $7, version = coalesce((SELECT version FROM workers WHERE id = $8), $9),
                  is_test = $10, machine = $11, created_at = $12, idempotency_key = $13, tags = $14,
                  body = $15
-             WHERE id = $1",
-            run,
-        )?;
+             WHERE id = $1";
+        let params = Self::run_params(run)?;
+        if run.idempotency_key.is_none() {
+            // Without a key no constraint can fail: the engine's most frequent write need not
+            // wait for its answer.
+            return self.defer(SQL, params, Some(format!("run {} does not exist", run.id)));
+        }
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        let n = self.exec(SQL, &refs)?;
         must_exist(n, "run", &run.id)
     }
 
@@ -590,12 +598,17 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn set_output(&mut self, run_id: &str, output: &Packet) -> StorageResult<()> {
-        self.exec(
+        let params: Vec<Param> = vec![
+            Box::new(run_id.to_string()),
+            Box::new(output.data.clone()),
+            Box::new(output.data_type.clone()),
+        ];
+        self.defer(
             "INSERT INTO run_data (run_id, output, output_type) VALUES ($1, $2, $3)
              ON CONFLICT (run_id) DO UPDATE SET output = excluded.output, output_type = excluded.output_type",
-            &[&run_id, &output.data, &output.data_type],
-        )?;
-        Ok(())
+            params,
+            None,
+        )
     }
 
     fn get_output(&mut self, run_id: &str) -> StorageResult<Option<Packet>> {
@@ -844,18 +857,24 @@ impl Tx for PostgresTx<'_> {
     // Timers.
 
     fn set_timer(&mut self, t: &Timer) -> StorageResult<()> {
-        self.exec(
+        let params: Vec<Param> = vec![
+            Box::new(t.key.clone()),
+            Box::new(t.kind.as_str()),
+            Box::new(t.target.clone()),
+            Box::new(t.fence.clone()),
+            Box::new(t.fire_at),
+        ];
+        self.defer(
             "INSERT INTO timers (key, kind, target, fence, fire_at) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (key) DO UPDATE SET kind = excluded.kind, target = excluded.target,
                  fence = excluded.fence, fire_at = excluded.fire_at",
-            &[&t.key, &t.kind.as_str(), &t.target, &t.fence, &t.fire_at],
-        )?;
-        Ok(())
+            params,
+            None,
+        )
     }
 
     fn clear_timer(&mut self, key: &str) -> StorageResult<()> {
-        self.exec("DELETE FROM timers WHERE key = $1", &[&key])?;
-        Ok(())
+        self.defer("DELETE FROM timers WHERE key = $1", vec![Box::new(key.to_string())], None)
     }
 
     fn get_timer(&mut self, key: &str) -> StorageResult<Option<Timer>> {
@@ -976,8 +995,7 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn delete_blocks(&mut self, run_id: &str) -> StorageResult<()> {
-        self.exec("DELETE FROM blocks WHERE run_id = $1", &[&run_id])?;
-        Ok(())
+        self.defer("DELETE FROM blocks WHERE run_id = $1", vec![Box::new(run_id.to_string())], None)
     }
 
     // Batches.
@@ -1043,14 +1061,14 @@ impl Tx for PostgresTx<'_> {
             return Ok(());
         }
         // The stored body's `seq` is ignored: the column is the truth.
-        let runs: Vec<&str> = events.iter().map(|e| e.run_id.as_str()).collect();
+        let runs: Vec<String> = events.iter().map(|e| e.run_id.clone()).collect();
         let bodies = events.iter().map(encode).collect::<StorageResult<Vec<String>>>()?;
-        self.exec(
+        self.defer(
             "INSERT INTO events (run_id, body)
              SELECT r, b FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS e(r, b, n) ORDER BY n",
-            &[&runs, &bodies],
-        )?;
-        Ok(())
+            vec![Box::new(runs), Box::new(bodies)],
+            None,
+        )
     }
 
     fn list_events(&mut self, run_id: &str, after_seq: i64, max: u32) -> StorageResult<Vec<RunEvent>> {

@@ -1,7 +1,7 @@
 //! The engine's throughput probe on PostgreSQL: trigger N runs concurrently, then drain them
 //! with one worker loop (dequeue → start → complete), on a fresh schema dropped afterwards.
 //!
-//! `cargo run --release -p trigger-storage-postgres --example throughput -- 20000`
+//! `cargo run --release -p trigger-storage-postgres --example throughput_postgres -- 20000`
 //! (`TRIGGER_TEST_DATABASE_URL` names the database; the server's `synchronous_commit`.)
 
 use std::sync::Arc;
