@@ -204,7 +204,9 @@ pub(crate) fn fail_attempt(
     };
 
     run.error = Some(error);
-    txn.tx.delete_blocks(&run.id)?;
+    if run.execution_status == ExecutionStatus::ExecutingWithWaitpoints {
+        txn.tx.delete_blocks(&run.id)?;
+    }
     let retry_at = txn.now + delay;
     // Only a run that still holds its slot (not one blocked on a waitpoint) can retry in place.
     let holds_slot = txn.tx.get_holder(&run.id)?.is_some();
@@ -261,6 +263,9 @@ pub(crate) fn finish_run(
     if error.is_some() || status == RunStatus::Completed {
         run.error = error;
     }
+    // Only a run blocked on waitpoints still has blocking edges (a continued run's were
+    // taken with its completed waitpoints; a cancel removes them).
+    let blocked = run.execution_status == ExecutionStatus::ExecutingWithWaitpoints;
     let description = format!("run finished: {status}");
     txn.snapshot(run, ExecutionStatus::Finished, &description, Vec::new())?;
     // Clear only the timers this run can have armed: one statement fewer per kind on the
@@ -278,7 +283,9 @@ pub(crate) fn finish_run(
     for kind in armed {
         txn.clear_timer(kind, &run.id)?;
     }
-    txn.tx.delete_blocks(&run.id)?;
+    if blocked {
+        txn.tx.delete_blocks(&run.id)?;
+    }
     txn.save_run(run)?;
     queue::release(txn, run)?;
 

@@ -40,8 +40,9 @@ pub(crate) fn enqueue(txn: &mut Txn<'_>, run: &mut Run, description: &str) -> Re
         }
     }
     txn.snapshot(run, ExecutionStatus::Queued, description, Vec::new())?;
+    // No lease to clear: a run comes here fresh, or after its lease timer fired (taken) or
+    // was cleared by the transition that took it off its worker.
     txn.tx.enqueue(&ready_entry(run, false))?;
-    txn.clear_timer(TimerKind::Heartbeat, &run.id)?;
     txn.work_available(&run.env_id);
     Ok(())
 }
