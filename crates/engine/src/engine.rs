@@ -393,6 +393,27 @@ impl Engine {
         self.call(move |txn| cancel::cancel(txn, &env_id, &run_id, reason.as_deref())).await
     }
 
+    /// Cancels a run whose worker is gone (a disconnected dev CLI): it finishes `CANCELED` at
+    /// once even while executing, since nobody is left to confirm. Children follow.
+    pub async fn cancel_abandoned(&self, env_id: &str, run_id: &str, reason: &str) -> Result<Run> {
+        let (env_id, run_id, reason) = (env_id.to_string(), run_id.to_string(), reason.to_string());
+        self.call(move |txn| cancel::cancel_abandoned(txn, &env_id, &run_id, &reason)).await
+    }
+
+    /// A worker hands back a run it claimed or is executing (it is shutting down): the run is
+    /// queued again with its place in line, without failing the attempt.
+    pub async fn release_run(&self, env_id: &str, run_id: &str, snapshot_id: &str) -> Result<Run> {
+        let (env_id, run_id, snapshot_id) = (env_id.to_string(), run_id.to_string(), snapshot_id.to_string());
+        self.call(move |txn| cancel::release_run(txn, &env_id, &run_id, &snapshot_id)).await
+    }
+
+    /// The environment a run belongs to (for unauthenticated sinks such as OTLP, which name
+    /// only the run).
+    pub async fn run_environment(&self, run_id: &str) -> Result<Option<String>> {
+        let run_id = run_id.to_string();
+        self.call(move |txn| Ok(txn.tx.get_run(&run_id)?.map(|r| r.env_id))).await
+    }
+
     pub async fn replay(&self, env_id: &str, run_id: &str, overrides: ReplayOverrides) -> Result<Triggered> {
         let (env_id, run_id) = (env_id.to_string(), run_id.to_string());
         self.call(move |txn| manage::replay(txn, &env_id, &run_id, &overrides)).await
