@@ -354,7 +354,8 @@ pub struct DisconnectBody {
     run_friendly_ids: Vec<String>,
 }
 
-/// A dev worker went away: its runs cannot finish, so they are cancelled.
+/// A dev worker went away: its runs cannot finish, so they are cancelled at once (there is
+/// no worker left to run cancel hooks and confirm).
 pub async fn disconnect(
     State(state): State<AppState>,
     caller: EnvCaller,
@@ -362,8 +363,7 @@ pub async fn disconnect(
 ) -> Result<JsonResponse<Value>> {
     let mut cancelled = 0;
     for run_id in body.run_friendly_ids.iter().take(1000) {
-        match state.engine().cancel(&caller.env.id, run_id, Some("The dev worker disconnected".into())).await
-        {
+        match state.engine().cancel_abandoned(&caller.env.id, run_id, "The dev worker disconnected").await {
             Ok(_) => cancelled += 1,
             Err(trigger_engine::Error::NotFound(_) | trigger_engine::Error::InvalidState(_)) => {}
             Err(e) => return Err(e.into()),
