@@ -76,6 +76,9 @@ pub struct Options {
     /// Called with a key id after the dashboard revokes it, so a server can drop the key
     /// from its authentication cache at once.
     pub on_key_revoked: Option<KeyRevoked>,
+    /// Turns `true` when the server begins a graceful shutdown: live streams end then, so
+    /// an open dashboard tab does not hold the drain.
+    pub shutdown: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Default for Options {
@@ -86,6 +89,7 @@ impl Default for Options {
             secure_cookie: false,
             session_ttl: Duration::from_secs(12 * 3600),
             on_key_revoked: None,
+            shutdown: None,
         }
     }
 }

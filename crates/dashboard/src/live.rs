@@ -16,7 +16,7 @@ use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use trigger_engine::RunChange;
 
 use crate::auth::Session;
@@ -32,11 +32,25 @@ fn sse(mut rx: mpsc::Receiver<Event>) -> Sse<impl Stream<Item = Result<Event, In
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
+/// Resolves when the server begins shutting down (never without a signal). The guard
+/// `wait_for` returns is dropped inside, so the stream tasks stay `Send`.
+async fn stopping(shutdown: &mut Option<watch::Receiver<bool>>) {
+    match shutdown {
+        Some(rx) => {
+            if rx.wait_for(|v| *v).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
 /// Waits for the first change accepted by `keep`, then gathers more for `window`.
 /// `None` when the feed closed or the client left; `Some(None)` when the stream lagged.
 async fn next_batch(
     feed: &mut broadcast::Receiver<RunChange>,
     tx: &mpsc::Sender<Event>,
+    shutdown: &mut Option<watch::Receiver<bool>>,
     window: Duration,
     keep: &mut impl FnMut(&RunChange) -> bool,
 ) -> Option<Option<Vec<RunChange>>> {
@@ -44,6 +58,7 @@ async fn next_batch(
     loop {
         tokio::select! {
             _ = tx.closed() => return None,
+            _ = stopping(shutdown) => return None,
             change = feed.recv() => match change {
                 Ok(c) => if keep(&c) { batch.push(c); break },
                 Err(RecvError::Lagged(_)) => return Some(None),
@@ -78,6 +93,7 @@ pub(crate) async fn runs(
     let (tx, rx) = mpsc::channel(64);
     let engine = dash.engine().clone();
     let slug = env.kind.slug();
+    let mut shutdown = dash.options().shutdown.clone();
     tokio::spawn(async move {
         let mut versions = runs::versions(&engine, &env.id).await.unwrap_or_default();
         if tx.send(Event::default().event("ready").data("runs")).await.is_err() {
@@ -85,7 +101,9 @@ pub(crate) async fn runs(
         }
         let env_id = env.id.clone();
         let mut keep = |c: &RunChange| c.env_id == env_id;
-        while let Some(batch) = next_batch(&mut feed, &tx, Duration::from_millis(120), &mut keep).await {
+        while let Some(batch) =
+            next_batch(&mut feed, &tx, &mut shutdown, Duration::from_millis(120), &mut keep).await
+        {
             let Some(batch) = batch else {
                 if tx.send(Event::default().event("reload").data("lagged")).await.is_err() {
                     return;
@@ -142,6 +160,7 @@ pub(crate) async fn run(
     let (tx, rx) = mpsc::channel(16);
     let engine = dash.engine().clone();
     let slug = env.kind.slug();
+    let mut shutdown = dash.options().shutdown.clone();
     tokio::spawn(async move {
         let mut after_seq = q.after_seq;
         let mut view = first;
@@ -166,7 +185,10 @@ pub(crate) async fn run(
             let mut watched: HashSet<String> = view.children.iter().map(|c| c.id.clone()).collect();
             watched.insert(view.details.run.id.clone());
             let mut keep = |c: &RunChange| watched.contains(&c.run_id);
-            if next_batch(&mut feed, &tx, Duration::from_millis(100), &mut keep).await.is_none() {
+            if next_batch(&mut feed, &tx, &mut shutdown, Duration::from_millis(100), &mut keep)
+                .await
+                .is_none()
+            {
                 return;
             }
             view = match RunView::load(&engine, &env.id, &run_id, after_seq).await {
@@ -188,13 +210,15 @@ pub(crate) async fn env(
     let (env, _) = dash.environment(&slug).await?;
     let mut feed = dash.engine().subscribe();
     let (tx, rx) = mpsc::channel(4);
+    let mut shutdown = dash.options().shutdown.clone();
     tokio::spawn(async move {
         if tx.send(Event::default().event("ready").data("env")).await.is_err() {
             return;
         }
         let env_id = env.id.clone();
         let mut keep = |c: &RunChange| c.env_id == env_id;
-        while next_batch(&mut feed, &tx, Duration::from_millis(400), &mut keep).await.is_some() {
+        while next_batch(&mut feed, &tx, &mut shutdown, Duration::from_millis(400), &mut keep).await.is_some()
+        {
             if tx.send(Event::default().event("refresh").data("env")).await.is_err() {
                 return;
             }

@@ -219,6 +219,7 @@ pub fn app(state: AppState) -> Router {
         trigger_dashboard::Options {
             // A key revoked in the dashboard stops working at once on this server.
             on_key_revoked: Some(Arc::new(move |id: &str| revoked.auth_cache().invalidate_key(id))),
+            shutdown: Some(state.shutdown_signal()),
             ..trigger_dashboard::Options::from_env()
         },
     );
