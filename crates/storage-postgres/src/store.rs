@@ -317,7 +317,10 @@ impl PostgresStore {
             .parse()
             .map_err(|e| StorageError::new(ErrorKind::Other, format!("invalid database URL: {e}")))?;
         config.connect_timeout(options.connect_timeout);
+        // A peer that vanished (no RST) is noticed by keepalives when idle and by the TCP
+        // user timeout when a request goes unacknowledged, well before the client timeout.
         config.keepalives_idle(Duration::from_secs(30));
+        config.tcp_user_timeout(Duration::from_secs(10));
         if config.get_application_name().is_none() {
             config.application_name("trigger.rs");
         }
