@@ -26,6 +26,8 @@ use crate::Dash;
 
 /// At most this many runs are re-read per window; past it the page re-fetches its table.
 const MAX_ROWS_PER_WINDOW: usize = 100;
+/// Least time between two re-fetches a burst asks for.
+const RELOAD_PAUSE: Duration = Duration::from_secs(1);
 
 fn sse(mut rx: mpsc::Receiver<Event>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|e| e.map(Ok)));
@@ -108,6 +110,8 @@ pub(crate) async fn runs(
                 if tx.send(Event::default().event("reload").data("lagged")).await.is_err() {
                     return;
                 }
+                tokio::time::sleep(RELOAD_PAUSE).await;
+                feed = feed.resubscribe();
                 continue;
             };
             let mut seen = HashSet::new();
@@ -117,6 +121,10 @@ pub(crate) async fn runs(
                 if tx.send(Event::default().event("reload").data("burst")).await.is_err() {
                     return;
                 }
+                // Under a sustained burst the page re-fetches at most once a second; the
+                // changes in between are covered by the next re-fetch.
+                tokio::time::sleep(RELOAD_PAUSE).await;
+                feed = feed.resubscribe();
                 continue;
             }
             for id in ids {

@@ -241,3 +241,54 @@ async fn runs_list_pages_through_ten_thousand_runs() {
     assert_eq!(ids(&tagged).len(), 60);
     assert!(tagged.contains("Older →"));
 }
+
+#[tokio::test]
+async fn runs_stream_pushes_rows_of_its_environment_only() {
+    use futures_util::StreamExt;
+    let f = fixture().await;
+    let (cookie, _) = sign_in(&f).await;
+    let response =
+        f.router.clone().oneshot(get("/dashboard/dev/live/runs?tag=wanted", Some(&cookie))).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "text/event-stream");
+    let mut body = response.into_body().into_data_stream();
+    let mut read = String::new();
+    let mut next_event = async |read: &mut String, until: &str| {
+        while !read.contains(until) {
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), body.next())
+                .await
+                .expect("an event within 5 s")
+                .unwrap()
+                .unwrap();
+            read.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    next_event(&mut read, "event: ready").await;
+
+    // A run in another environment is not sent; one in this environment is, with whether
+    // it matches the page's filter.
+    let tenancy = f.engine.bootstrap("Default", "Default project").await.unwrap();
+    let prod = tenancy.environment(EnvironmentType::Production).unwrap().id.clone();
+    let manifest = WorkerManifest {
+        content_hash: "v1".into(),
+        tasks: vec![TaskManifest::new("hello")],
+        ..Default::default()
+    };
+    f.engine.register_worker(&prod, manifest).await.unwrap();
+    let trigger = |tags: Vec<String>| TriggerRequest {
+        task: "hello".into(),
+        payload: Packet::json(&serde_json::json!({})),
+        options: TriggerOptions { tags, ..Default::default() },
+    };
+    let other = f.engine.trigger(&prod, trigger(vec!["wanted".into()])).await.unwrap().run;
+    let plain = f.engine.trigger(&f.dev_env, trigger(vec![])).await.unwrap().run;
+    let wanted = f.engine.trigger(&f.dev_env, trigger(vec!["wanted".into()])).await.unwrap().run;
+    next_event(&mut read, &format!("\"id\":\"{}\"", wanted.id)).await;
+    next_event(&mut read, &format!("\"id\":\"{}\"", plain.id)).await;
+    assert!(!read.contains(&other.id), "nothing from another environment");
+    let event_of =
+        |id: &str| read.lines().find(|l| l.contains(&format!("\"id\":\"{id}\""))).unwrap().to_string();
+    assert!(event_of(&wanted.id).contains("\"matches\":true"));
+    assert!(event_of(&plain.id).contains("\"matches\":false"));
+    assert!(event_of(&wanted.id).contains("<tr data-run="));
+}
