@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{url, Schemas};
+use support::{backend_pids, terminate, url_named, Schemas};
 use trigger_engine::*;
 use trigger_storage_postgres::{PostgresOptions, PostgresStore};
 
 const T0: i64 = 1_767_225_600_000;
 
-fn engine(schema: &str, clock: &ManualClock) -> Engine {
+fn engine(url: &str, schema: &str, clock: &ManualClock) -> Engine {
     let options = PostgresOptions { schema: Some(schema.to_string()), ..PostgresOptions::default() };
-    let store = PostgresStore::connect(&url(), options).expect("connect");
+    let store = PostgresStore::connect(url, options).expect("connect");
     let config = Config { retry_immediately_threshold_ms: 0, dev_default_ttl_ms: None, ..Config::default() };
     Engine::start(store, EngineOptions { config, clock: Arc::new(clock.clone()) })
 }
@@ -35,8 +35,10 @@ async fn pair(env_limit: u32, tasks: Vec<TaskManifest>, queues: Vec<QueueManifes
     let schemas = Schemas::new("engines");
     let schema = schemas.create();
     let clock = ManualClock::new(T0);
-    let a = engine(&schema, &clock);
-    let b = engine(&schema, &clock);
+    // Sessions named after the test, so that one test can cut its own connections.
+    let url = url_named(&schemas.application_name());
+    let a = engine(&url, &schema, &clock);
+    let b = engine(&url, &schema, &clock);
     let env = a.create_environment("proj_two", EnvironmentType::Production, Some(env_limit)).await.unwrap();
     a.register_worker(
         &env.id,
@@ -255,4 +257,51 @@ async fn a_trigger_on_one_engine_wakes_a_long_poll_on_the_other() {
     .expect("B's change feed hears that A resumed the run");
     assert_eq!(resumed.worker_instance.as_deref(), Some("w-b"));
     eprintln!("cross-engine run change: {:?}", completed_at.elapsed());
+}
+
+/// The database drops every connection (as in a restart): the call in flight fails with
+/// `Unavailable` or succeeds on a new connection, the next ones succeed, and the listeners
+/// reconnect so that wake-ups cross replicas again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn engines_recover_when_the_database_drops_their_connections() {
+    let p = pair(10, vec![TaskManifest::new("ping")], vec![]).await;
+    p.a.trigger(&p.env.id, trigger_request("ping", TriggerOptions::default())).await.unwrap();
+    let pids = backend_pids(&p._schemas.application_name());
+    assert_eq!(pids.len(), 4, "two stores and two listeners: {pids:?}");
+    terminate(&pids);
+
+    for engine in [&p.a, &p.b] {
+        match engine.trigger(&p.env.id, trigger_request("ping", TriggerOptions::default())).await {
+            Ok(_) => {}
+            Err(e) => assert!(
+                matches!(&e, Error::Storage(s) if s.kind == trigger_engine::storage::ErrorKind::Unavailable),
+                "{e}"
+            ),
+        }
+        engine
+            .trigger(&p.env.id, trigger_request("ping", TriggerOptions::default()))
+            .await
+            .expect("reconnected");
+    }
+    let claimed = p.b.dequeue(&p.env.id, DequeueRequest::new("w", 10)).await.unwrap();
+    assert!(claimed.len() >= 3, "the runs triggered before and after are there: {}", claimed.len());
+
+    // Listeners are back within their first backoff steps.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while backend_pids(&p._schemas.application_name()).len() < 4 {
+        assert!(Instant::now() < deadline, "the listeners reconnected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let waiting = {
+        let (b, env) = (p.b.clone(), p.env.id.clone());
+        tokio::spawn(async move {
+            b.dequeue_wait(&env, DequeueRequest::new("w", 1), Duration::from_secs(20)).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let triggered_at = Instant::now();
+    let run = p.a.trigger(&p.env.id, trigger_request("ping", TriggerOptions::default())).await.unwrap().run;
+    let got = waiting.await.unwrap().unwrap();
+    assert_eq!(got.first().map(|d| d.run.id.as_str()), Some(run.id.as_str()));
+    assert!(triggered_at.elapsed() < Duration::from_secs(2), "woken promptly: {:?}", triggered_at.elapsed());
 }
