@@ -23,6 +23,12 @@
 //!   ([`Store::listen`]), so a run triggered on one replica wakes a worker long-polling
 //!   another, and a run resumed on one reaches the change feed of all.
 //!
+//! Round trips are what a transaction of many commands costs, so every statement is
+//! prepared once per connection, each method is one statement where it can be, and writes
+//! whose answer the engine does not read (snapshots, timers, outputs, events, updates of runs
+//! without an idempotency key) are pipelined: sent at once and answered together with the
+//! next call that waits.
+//!
 //! Deadlocks between replicas (two batches locking rows in opposite orders) are detected
 //! by PostgreSQL after `deadlock_timeout` (1 s by default) and retried by the engine; a
 //! lower `deadlock_timeout` for the database role shortens that wait.
