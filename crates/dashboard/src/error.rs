@@ -65,8 +65,7 @@ impl IntoResponse for Error {
              <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
              <title>{code} · trigger.rs</title><link rel=\"stylesheet\" href=\"/dashboard/assets/app.css\"></head>\
              <body class=\"bare\"><main class=\"card narrow\"><h1>{code} {reason}</h1>\
-             <p class=\"error-text\" role=\"alert\">{msg}</p><p><a href=\"javascript:history.back()\">Go back</a> · \
-             <a href=\"/dashboard\">Dashboard</a></p></main></body></html>",
+             <p class=\"error-text\" role=\"alert\">{msg}</p><p><a href=\"/dashboard\">Back to the dashboard</a></p></main></body></html>",
             code = status.as_u16(),
             reason = status.canonical_reason().unwrap_or(""),
             msg = esc(&self.to_string()),

@@ -147,8 +147,11 @@ async fn login_tokens_sessions_and_csrf() {
     assert!(body.contains("url=/dashboard\"") && !body.contains("evil"));
 
     let (cookie, csrf) = sign_in(&f).await;
-    let (status, _, page) = send(&f.router, get("/dashboard/dev/queues", Some(&cookie))).await;
+    let (status, headers, page) = send(&f.router, get("/dashboard/dev/queues", Some(&cookie))).await;
     assert_eq!(status, StatusCode::OK);
+    let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(headers[header::CACHE_CONTROL], "no-store");
     assert!(page.contains("data-queue=\"q\" data-paused=\"false\""));
 
     // State changes need the session's CSRF token.
