@@ -526,11 +526,7 @@ impl Tx for PostgresTx<'_> {
     // Runs.
 
     fn insert_run(&mut self, run: &Run, payload: &Packet) -> StorageResult<()> {
-        let body = encode(run)?;
-        let status = run.status.as_str();
-        let machine = run.machine.map(|m| m.name());
-        self.exec(
-            "WITH r AS (
+        const SQL: &str = "WITH r AS (
                  INSERT INTO runs (id, env_id, task, status, queue, batch_id, parent_run_id, version,
                                    is_test, machine, created_at, idempotency_key, tags, body)
                  VALUES ($1, $2, $3, $4, $5, $6, $7,
@@ -539,27 +535,17 @@ impl Tx for PostgresTx<'_> {
                  RETURNING id)
              INSERT INTO run_data (run_id, payload, payload_type) SELECT id, $16, $17 FROM r
              ON CONFLICT (run_id) DO UPDATE SET
-                 payload = excluded.payload, payload_type = excluded.payload_type",
-            &[
-                &run.id,
-                &run.env_id,
-                &run.task,
-                &status,
-                &run.queue,
-                &run.batch_id,
-                &run.parent_run_id,
-                &run.worker_id,
-                &run.lock_to_version,
-                &run.is_test,
-                &machine,
-                &run.created_at,
-                &run.idempotency_key,
-                &run.tags,
-                &body,
-                &payload.data,
-                &payload.data_type,
-            ],
-        )?;
+                 payload = excluded.payload, payload_type = excluded.payload_type";
+        let mut params = Self::run_params(run)?;
+        params.push(Box::new(payload.data.clone()));
+        params.push(Box::new(payload.data_type.clone()));
+        if run.idempotency_key.is_none() {
+            // Run ids are fresh and only keys can collide: nothing to wait for.
+            return self.defer(SQL, params, None);
+        }
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        self.exec(SQL, &refs)?;
         Ok(())
     }
 
