@@ -14,9 +14,9 @@
 //! personal access token. Errors are `{ "error": "…" }` with the status the SDK expects
 //! ([`Error`]).
 //!
-//! Checked against the real clients: `compat/run.sh` drives a live server with
-//! `@trigger.dev/sdk` 4.8.3 and validates the worker responses with `@trigger.dev/core`'s own
-//! Zod schemas; the `trigger.dev` 4.8.3 CLI's dev loop (`trigger dev`) runs tasks with
+//! Checked against the real clients: `compat/` (in CI) drives a live `trigger dev` process
+//! with `@trigger.dev/sdk` 4.8.3 and validates the worker responses with `@trigger.dev/core`'s
+//! own Zod schemas; the `trigger.dev` 4.8.3 CLI's dev loop (`trigger dev`) runs tasks with
 //! `triggerAndWait`, `wait.for`, tokens and offloaded outputs against it.
 //!
 //! # Where this differs from Trigger.dev, deliberately

@@ -37,6 +37,7 @@ pub async fn run(args: Args) -> Result<()> {
         server.base_url(),
         boot.tenancy.project.external_ref
     );
+    eprintln!("dashboard login (valid until the next start): {}", boot.dashboard_url);
     if let Some(key) = &boot.dev_key {
         eprintln!("created the dev secret key (shown once): {key}");
     }
