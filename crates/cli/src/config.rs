@@ -6,13 +6,14 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use trigger_server::Database;
 
-/// Parses `--database-url`: `sqlite:PATH`, `sqlite://PATH`, a path, or `memory`.
-pub fn database(url: &str) -> Result<Database> {
+/// Parses `--database-url`: `postgres://…`, `sqlite:PATH`, `sqlite://PATH`, a path, or
+/// `memory`. `schema` applies to PostgreSQL only.
+pub fn database(url: &str, schema: Option<String>) -> Result<Database> {
     if url == "memory" || url == "sqlite::memory:" {
         return Ok(Database::Memory);
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        bail!("the PostgreSQL backend is not available in this build yet; use a SQLite path (sqlite:./trigger.db)");
+        return Ok(Database::Postgres { url: url.to_string(), schema });
     }
     let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
     if path.is_empty() {

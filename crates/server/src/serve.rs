@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use trigger_engine::{ApiKeyKind, Engine, EngineOptions, EnvironmentType, Tenancy};
+use trigger_storage_postgres::{PostgresOptions, PostgresStore};
 use trigger_storage_sqlite::SqliteStore;
 
 use crate::packets::PacketStore;
@@ -18,6 +19,9 @@ use crate::{app, AppState};
 pub enum Database {
     /// A SQLite file, created on first start.
     Sqlite(PathBuf),
+    /// A PostgreSQL database shared by any number of replicas; `schema` keeps several
+    /// deployments apart in one database.
+    Postgres { url: String, schema: Option<String> },
     /// In memory: everything is gone when the process ends (tests, demos).
     Memory,
 }
@@ -33,6 +37,9 @@ pub struct ServeOptions {
     pub public_url: Option<String>,
     /// How long in-flight requests may take to finish on shutdown before they are cut.
     pub drain_timeout: Duration,
+    /// Where offloaded payloads and outputs go with PostgreSQL (beside the file with SQLite,
+    /// in memory with `Memory`). Replicas must share it. Default `./trigger-packets`.
+    pub packet_dir: Option<PathBuf>,
 }
 
 impl Default for ServeOptions {
@@ -43,6 +50,7 @@ impl Default for ServeOptions {
             port: 3030,
             public_url: None,
             drain_timeout: Duration::from_secs(10),
+            packet_dir: None,
         }
     }
 }
@@ -95,19 +103,31 @@ fn packet_dir(db: &std::path::Path) -> PathBuf {
 
 /// Opens the database, starts the engine, bootstraps the default project, and listens.
 pub async fn serve(options: ServeOptions) -> Result<Server, ServeError> {
-    let store = match &options.database {
-        Database::Sqlite(path) => SqliteStore::open(path)?,
-        Database::Memory => SqliteStore::memory()?,
+    let engine = match &options.database {
+        Database::Sqlite(path) => Engine::start(SqliteStore::open(path)?, EngineOptions::default()),
+        Database::Memory => Engine::start(SqliteStore::memory()?, EngineOptions::default()),
+        Database::Postgres { url, schema } => {
+            let options = PostgresOptions { schema: schema.clone(), ..PostgresOptions::default() };
+            let (url, store_options) = (url.clone(), options);
+            let store = tokio::task::spawn_blocking(move || PostgresStore::connect(&url, store_options))
+                .await
+                .map_err(std::io::Error::other)??;
+            Engine::start(store, EngineOptions::default())
+        }
     };
-    let engine = Engine::start(store, EngineOptions::default());
     let addr = format!("{}:{}", options.host, options.port);
     let listener =
         tokio::net::TcpListener::bind(&addr).await.map_err(|source| ServeError::Bind { addr, source })?;
     let local = listener.local_addr()?;
     let base_url = options.public_url.clone().unwrap_or_else(|| format!("http://{local}"));
     let packets = match &options.database {
-        Database::Sqlite(path) => PacketStore::Dir(packet_dir(path)),
+        Database::Sqlite(path) => {
+            PacketStore::Dir(options.packet_dir.clone().unwrap_or_else(|| packet_dir(path)))
+        }
         Database::Memory => PacketStore::memory(),
+        Database::Postgres { .. } => {
+            PacketStore::Dir(options.packet_dir.clone().unwrap_or_else(|| PathBuf::from("trigger-packets")))
+        }
     };
     let state = AppState::with_packets(engine.clone(), base_url.clone(), packets);
     let bootstrap = bootstrap(&state).await?;

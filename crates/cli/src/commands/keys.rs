@@ -37,22 +37,33 @@ pub struct Target {
     /// Database (default: the `trigger dev` database in ./.trigger/).
     #[arg(long, env = "TRIGGER_DATABASE_URL", default_value = "sqlite:.trigger/trigger.db")]
     database_url: String,
+    /// PostgreSQL schema.
+    #[arg(long, env = "TRIGGER_DATABASE_SCHEMA")]
+    schema: Option<String>,
     /// Print JSON on stdout.
     #[arg(long)]
     json: bool,
 }
 
 async fn open(target: &Target) -> Result<(Engine, trigger_engine::Environment)> {
-    let store = match config::database(&target.database_url)? {
+    let options = EngineOptions { clock: Arc::new(SystemClock), ..Default::default() };
+    let engine = match config::database(&target.database_url, target.schema.clone())? {
         Database::Sqlite(path) => {
             if !path.exists() {
                 bail!("no database at {} (start `trigger dev` or pass --database-url)", path.display());
             }
-            trigger_storage_sqlite::SqliteStore::open(&path)?
+            Engine::start(trigger_storage_sqlite::SqliteStore::open(&path)?, options)
         }
         Database::Memory => bail!("an in-memory database has no keys to manage"),
+        Database::Postgres { url, schema } => {
+            let pg = trigger_storage_postgres::PostgresOptions { schema, ..Default::default() };
+            let store = tokio::task::spawn_blocking(move || {
+                trigger_storage_postgres::PostgresStore::connect(&url, pg)
+            })
+            .await??;
+            Engine::start(store, options)
+        }
     };
-    let engine = Engine::start(store, EngineOptions { clock: Arc::new(SystemClock), ..Default::default() });
     let kind = EnvironmentType::parse(&target.env)
         .with_context(|| format!("--env: unknown environment {:?}", target.env))?;
     let tenancy = engine.bootstrap("Default", "Default project").await?;

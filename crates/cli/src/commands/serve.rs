@@ -7,9 +7,16 @@ use crate::config;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Database: `sqlite:PATH` (default `sqlite:trigger.db`) or `memory`.
+    /// Database: `postgres://user@host/db` (any number of replicas), `sqlite:PATH` (one
+    /// node; default `sqlite:trigger.db`) or `memory`.
     #[arg(long, env = "TRIGGER_DATABASE_URL", default_value = "sqlite:trigger.db")]
     database_url: String,
+    /// PostgreSQL schema, so several deployments can share one database.
+    #[arg(long, env = "TRIGGER_DATABASE_SCHEMA")]
+    schema: Option<String>,
+    /// Folder for offloaded payloads and outputs with PostgreSQL (shared by all replicas).
+    #[arg(long, env = "TRIGGER_PACKET_DIR")]
+    packet_dir: Option<std::path::PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "TRIGGER_HOST", default_value = "0.0.0.0")]
     host: String,
@@ -24,7 +31,8 @@ pub struct Args {
 pub async fn run(args: Args) -> Result<()> {
     super::init_logging();
     let server = trigger_server::serve(ServeOptions {
-        database: config::database(&args.database_url)?,
+        database: config::database(&args.database_url, args.schema)?,
+        packet_dir: args.packet_dir,
         host: args.host,
         port: args.port,
         public_url: args.public_url,
