@@ -57,6 +57,7 @@ impl TestServer {
             port: 0,
             public_url: None,
             drain_timeout: Duration::from_secs(2),
+            packet_dir: None,
         })
         .await
         .expect("server starts");
