@@ -198,6 +198,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         run.output.and_then(|o| o.data).map(|d| serde_json::from_str(&d)).transpose()?.unwrap_or_default();
     let metadata: Value =
         run.run.metadata.as_deref().map(serde_json::from_str).transpose()?.unwrap_or_default();
+    match &embedded {
+        // The run lives in ./.trigger/trigger.db, which `trigger dev` serves.
+        Some(_) => eprintln!(
+            "inspect it: run `cargo run -p trigger-cli -- dev` in this folder and open \
+             http://127.0.0.1:3030/dashboard/dev/runs/{} (sign in with the link it prints)",
+            run.run.id
+        ),
+        None => eprintln!(
+            "inspect it: {}/dashboard/dev/runs/{}",
+            std::env::var("TRIGGER_API_URL").unwrap_or_default().trim_end_matches('/'),
+            run.run.id
+        ),
+    }
     println!(
         "{}",
         serde_json::to_string_pretty(&json!({
