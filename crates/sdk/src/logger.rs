@@ -127,6 +127,50 @@ pub fn error(message: &str, attrs: impl Serialize) {
     write(Level::Error, message, attrs)
 }
 
+/// `logger.trace(name, fn)`: runs `work` as a named span of the current run, stored with its
+/// start, duration and attributes, and returns what `work` returns. Spans started inside
+/// it are its children. Outside a run it only runs `work`.
+///
+/// ```no_run
+/// # async fn demo() {
+/// let rows = trigger_sdk::logger::span("load rows", serde_json::json!({ "table": "users" }), async {
+///     vec![1, 2, 3]
+/// })
+/// .await;
+/// # let _ = rows; }
+/// ```
+pub async fn span<F: std::future::Future>(name: &str, attrs: impl Serialize, work: F) -> F::Output {
+    let attrs = serde_json::to_value(attrs).unwrap_or(Value::Null);
+    let span_id = trigger_types::ids::random_alphanumeric(16).to_ascii_lowercase();
+    let parent = SPAN.try_with(|p| p.clone()).ok().flatten();
+    let start = now_ns();
+    let started = std::time::Instant::now();
+    let output = SPAN.scope(Some(span_id.clone()), work).await;
+    if let Some(scope) = scope::current() {
+        let event = RunEvent {
+            seq: 0,
+            run_id: scope.ctx.run.id.clone(),
+            kind: "span".into(),
+            level: "info".into(),
+            message: name.to_string(),
+            attributes: attributes(attrs),
+            trace_id: None,
+            span_id: Some(span_id),
+            parent_span_id: parent,
+            start_time_ns: start,
+            duration_ns: started.elapsed().as_nanos() as i64,
+            attempt_number: Some(scope.ctx.attempt.number),
+        };
+        scope.logs.lock().unwrap_or_else(|e| e.into_inner()).push(event);
+    }
+    output
+}
+
+tokio::task_local! {
+    /// The span the current code runs in, so nested spans know their parent.
+    static SPAN: Option<String>;
+}
+
 /// A `tracing` layer that stores events emitted inside a run as that run's log lines.
 /// Events of this crate are skipped (the logger stores its own lines).
 ///

@@ -339,3 +339,33 @@ async fn catch_error_can_delay_a_retry_and_replace_the_error() {
     assert!(gap >= Duration::from_millis(300), "catchError's delay replaced the policy's 10 ms: {gap:?}");
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spans_are_stored_with_their_duration_and_parent() {
+    let traced = task::<Value, Value>("traced").run(|_, _| async move {
+        let total = trigger_sdk::logger::span("outer", json!({ "step": 1 }), async {
+            let inner = trigger_sdk::logger::span("inner", (), async {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                2
+            })
+            .await;
+            inner + 1
+        })
+        .await;
+        Ok::<_, TaskError>(json!(total))
+    });
+    let h = Harness::start(vec![traced.into_task()], common::options()).await;
+    let id = trigger(&h, "traced", json!({})).await;
+    let done = h.wait_final(&id, Duration::from_secs(10)).await;
+    assert_eq!(output(&done), json!(3), "a span returns what its work returns");
+    let spans: Vec<_> = h.events(&id).await.into_iter().filter(|e| e.kind == "span").collect();
+    let outer = spans.iter().find(|e| e.message == "outer").expect("outer span stored");
+    let inner = spans.iter().find(|e| e.message == "inner").expect("inner span stored");
+    assert_eq!(inner.parent_span_id, outer.span_id, "the inner span is the outer one's child");
+    assert_eq!(outer.parent_span_id, None);
+    assert_eq!(outer.attributes, json!({ "step": 1 }));
+    assert!(inner.duration_ns >= 30_000_000, "{}", inner.duration_ns);
+    assert!(outer.duration_ns >= inner.duration_ns);
+    assert!(inner.start_time_ns >= outer.start_time_ns);
+    h.shutdown().await;
+}
