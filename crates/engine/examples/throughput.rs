@@ -1,23 +1,33 @@
 //! A quick in-process throughput probe: trigger N runs concurrently, then drain them with
 //! one worker loop (dequeue → start → complete). Not a benchmark suite; see docs/benchmarks.md.
 //!
-//! `cargo run --release -p trigger-engine --example throughput -- 20000`
+//! `cargo run --release -p trigger-engine --example throughput -- 20000` on a SQLite file;
+//! add `postgres` to run on PostgreSQL (`TRIGGER_TEST_DATABASE_URL`, a fresh schema that is
+//! dropped afterwards).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use trigger_engine::*;
+use trigger_storage_postgres::{PostgresOptions, PostgresStore};
 use trigger_storage_sqlite::SqliteStore;
 
 #[tokio::main]
 async fn main() {
     let n: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(20_000);
+    let on_postgres = std::env::args().nth(2).as_deref() == Some("postgres");
+    let options = EngineOptions { clock: Arc::new(SystemClock), config: Config::default() };
     let dir = std::env::temp_dir().join(format!("trigger-throughput-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let engine = Engine::start(
-        SqliteStore::open(dir.join("t.db")).unwrap(),
-        EngineOptions { clock: Arc::new(SystemClock), config: Config::default() },
-    );
+    let url = std::env::var("TRIGGER_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let schema = format!("trigger_throughput_{}", std::process::id());
+    let engine = if on_postgres {
+        let pg = PostgresOptions { schema: Some(schema.clone()), ..PostgresOptions::default() };
+        Engine::start(PostgresStore::connect(&url, pg).unwrap(), options)
+    } else {
+        std::fs::create_dir_all(&dir).unwrap();
+        Engine::start(SqliteStore::open(dir.join("t.db")).unwrap(), options)
+    };
     let env = engine.create_environment("p", EnvironmentType::Production, Some(1000)).await.unwrap();
     engine
         .register_worker(
@@ -92,5 +102,10 @@ async fn main() {
     }
     let drain_secs = t1.elapsed().as_secs_f64();
     println!("drained {n} in {drain_secs:.2}s = {:.0} runs/s", n as f64 / drain_secs);
-    let _ = std::fs::remove_dir_all(dir);
+    engine.shutdown().await;
+    if on_postgres {
+        PostgresStore::drop_schema(&url, &schema).unwrap();
+    } else {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
