@@ -77,10 +77,10 @@
 //!   it is what lets a parent wait on children in its own limit-1 queue.
 //! - Calls outside a task use the backend set with [`configure`], else an
 //!   [`backend::Http`] from `TRIGGER_*` variables, else the first worker's backend.
-//! - Shutdown hands unfinished runs back as a failed attempt (`GRACEFUL_EXIT_TIMEOUT`)
-//!   with a retry six seconds later (so the engine queues it rather than keeping it on
-//!   this worker); this uses up an attempt, as the engine has no "release
-//!   without failing" call yet.
+//! - Shutdown hands unfinished runs back to their queue without failing the attempt
+//!   (`Engine::release_run`, over HTTP `…/snapshots/{id}/release`); a run blocked on a wait
+//!   cannot be handed back and fails its attempt with `GRACEFUL_EXIT_TIMEOUT`, retried six
+//!   seconds later.
 
 #![warn(missing_docs)]
 

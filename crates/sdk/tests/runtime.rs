@@ -235,10 +235,8 @@ async fn shutdown_drains_in_flight_runs_and_hands_back_the_rest() {
         RunStatus::Queued,
         "the stuck run was handed back to the queue, not failed"
     );
-    assert_eq!(
-        handed_back.run.error.as_ref().and_then(|e| e.code()),
-        Some(InternalErrorCode::GracefulExitTimeout)
-    );
+    assert!(handed_back.run.error.is_none(), "handing back is not a failure: {:?}", handed_back.run.error);
+    assert_eq!(handed_back.run.attempt_number, 1);
 
     // Another worker picks it up.
     let worker = trigger_sdk::Worker::builder()

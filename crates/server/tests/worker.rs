@@ -188,6 +188,28 @@ async fn a_run_goes_round_trip_through_a_worker() {
     assert_date(&retrieved["startedAt"]);
     assert_date(&retrieved["finishedAt"]);
 
+    // A worker shutting down hands an executing run back: queued again, attempt not failed.
+    let handed = t.trigger("hello", json!({ "payload": "{}" })).await;
+    let m = t.dequeue_run(&worker_id, &handed).await;
+    let snap = m["snapshot"]["friendlyId"].as_str().unwrap();
+    let started = t
+        .post(&format!("/engine/v1/dev/runs/{handed}/snapshots/{snap}/attempts/start"), &key, json!({}))
+        .await
+        .expect(200);
+    let executing = started["snapshot"]["friendlyId"].as_str().unwrap();
+    let released = t
+        .post(&format!("/engine/v1/dev/runs/{handed}/snapshots/{executing}/release"), &key, json!({}))
+        .await
+        .expect(200);
+    assert_eq!(released, json!({ "ok": true, "status": "QUEUED" }));
+    let again =
+        t.post(&format!("/engine/v1/dev/runs/{handed}/snapshots/{executing}/release"), &key, json!({})).await;
+    again.expect(409);
+    let retrieved = t.get(&format!("/api/v3/runs/{handed}"), &key).await.expect(200);
+    assert_eq!(retrieved["status"], "QUEUED");
+    assert!(retrieved.get("error").is_none_or(|e| e.is_null()), "{retrieved}");
+    t.dequeue_run(&worker_id, &handed).await;
+
     // A failed attempt that is retried, then a disconnect cancels what is left.
     let failing = t.trigger("hello", json!({ "payload": "{}", "options": { "maxAttempts": 2 } })).await;
     let m = t.dequeue_run(&worker_id, &failing).await;

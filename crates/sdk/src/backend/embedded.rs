@@ -107,6 +107,11 @@ impl Backend for Embedded {
         boxed(async move { self.engine.heartbeat(&self.env_id, &run_id, &snapshot_id).await })
     }
 
+    fn release_run(&self, run_id: &str, snapshot_id: &str) -> BoxFuture<'_, Result<()>> {
+        let (run_id, snapshot_id) = (run_id.to_string(), snapshot_id.to_string());
+        boxed(async move { self.engine.release_run(&self.env_id, &run_id, &snapshot_id).await.map(|_| ()) })
+    }
+
     fn latest_snapshot(&self, run_id: &str) -> BoxFuture<'_, Result<(Run, Snapshot)>> {
         let run_id = run_id.to_string();
         boxed(async move { self.engine.latest_snapshot(&self.env_id, &run_id).await })
@@ -237,6 +242,9 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     }
     fn heartbeat(&self, run_id: &str, snapshot_id: &str) -> BoxFuture<'_, Result<()>> {
         (**self).heartbeat(run_id, snapshot_id)
+    }
+    fn release_run(&self, run_id: &str, snapshot_id: &str) -> BoxFuture<'_, Result<()>> {
+        (**self).release_run(run_id, snapshot_id)
     }
     fn latest_snapshot(&self, run_id: &str) -> BoxFuture<'_, Result<(Run, Snapshot)>> {
         (**self).latest_snapshot(run_id)

@@ -648,6 +648,12 @@ impl Backend for Http {
         Box::pin(async move { self.post(&path, json!({})).await.map(|_| ()) })
     }
 
+    fn release_run(&self, run_id: &str, snapshot_id: &str) -> BoxFuture<'_, Result<()>> {
+        let path =
+            format!("/engine/v1/dev/runs/{}/snapshots/{}/release", path_id(run_id), path_id(snapshot_id));
+        Box::pin(async move { self.post(&path, json!({})).await.map(|_| ()) })
+    }
+
     fn latest_snapshot(&self, run_id: &str) -> BoxFuture<'_, Result<(Run, Snapshot)>> {
         let path = format!("/engine/v1/dev/runs/{}/snapshots/latest", path_id(run_id));
         Box::pin(async move { Ok(execution_data(&self.get(&path).await?["execution"])) })

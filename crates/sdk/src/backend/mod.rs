@@ -51,6 +51,9 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<AttemptOutcome>>;
     /// Extends the lease of a run's snapshot.
     fn heartbeat(&self, run_id: &str, snapshot_id: &str) -> BoxFuture<'_, Result<()>>;
+    /// Hands a claimed or executing run back to its queue without failing the attempt (the
+    /// worker is shutting down).
+    fn release_run(&self, run_id: &str, snapshot_id: &str) -> BoxFuture<'_, Result<()>>;
     /// The run and its latest snapshot.
     fn latest_snapshot(&self, run_id: &str) -> BoxFuture<'_, Result<(Run, Snapshot)>>;
     /// A run's snapshots after one, oldest first.

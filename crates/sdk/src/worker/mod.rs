@@ -14,8 +14,9 @@
 //!   attempt itself; on `RETRY_QUEUED` it lets go and the run comes back through dequeue.
 //! - **Panics** fail the attempt (`Panic: the task panicked: …`); the worker keeps going.
 //! - **Shutdown.** Stop claiming, let in-flight runs finish within the drain timeout, then
-//!   fire their tokens: each hands its run back with `GRACEFUL_EXIT_TIMEOUT` and a retry
-//!   six seconds later (this uses up an attempt; see the crate docs).
+//!   fire their tokens: each run is handed back to its queue (its attempt is not counted as
+//!   failed); a run blocked on a wait, which cannot be handed back, fails its attempt with
+//!   `GRACEFUL_EXIT_TIMEOUT` and is retried six seconds later.
 
 pub(crate) mod capacity;
 
@@ -441,6 +442,16 @@ async fn execute_run(inner: Arc<Inner>, dequeued: Dequeued, lease: Arc<Lease>) {
             attempt(&inner, started, token.clone(), snapshot.clone(), changes_rx.clone(), lease.clone())
                 .await;
         let current = snapshot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if token.reason() == Some(CancelReason::Shutdown) {
+            // Hand the run back without using up an attempt. A run blocked on a wait cannot be
+            // handed back; it falls through to the failed attempt the task returned.
+            if let Some(update) = metadata.clone() {
+                let _ = inner.backend.update_metadata(&run_id, update).await;
+            }
+            if inner.backend.release_run(&run_id, &current).await.is_ok() {
+                break;
+            }
+        }
         let outcome =
             inner.backend.complete_attempt(&run_id, &current, completion.clone(), metadata.clone()).await;
         let outcome = match outcome {

@@ -314,6 +314,17 @@ pub async fn heartbeat(
     Ok(JsonResponse(json!({ "ok": true })))
 }
 
+/// A worker that is shutting down hands a run back: it is queued again with its place in
+/// line, without failing the attempt (a trigger.rs extension of the worker protocol).
+pub async fn release(
+    State(state): State<AppState>,
+    caller: EnvCaller,
+    Path((run_id, snapshot_id)): Path<(String, String)>,
+) -> Result<JsonResponse<Value>> {
+    let run = state.engine().release_run(&caller.env.id, &run_id, &snapshot_id).await?;
+    Ok(JsonResponse(json!({ "ok": true, "status": run.status.as_str() })))
+}
+
 pub async fn latest_snapshot(
     State(state): State<AppState>,
     caller: EnvCaller,

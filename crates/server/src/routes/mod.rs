@@ -360,6 +360,14 @@ pub(crate) fn routes() -> Vec<Route> {
             engine::heartbeat,
         ),
         route(
+            post.clone(),
+            "/engine/v1/dev/runs/{runId}/snapshots/{snapshotId}/release",
+            Env,
+            Worker,
+            "Hand a claimed or executing run back to its queue (a worker shutting down; trigger.rs extension)",
+            engine::release,
+        ),
+        route(
             get.clone(),
             "/engine/v1/dev/runs/{runId}/snapshots/latest",
             Env,
