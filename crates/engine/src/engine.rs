@@ -293,9 +293,18 @@ impl Engine {
     }
 
     /// Claims runs for a worker now; empty when nothing fits.
+    ///
+    /// Safe to cancel: if the caller drops this future after the claim was submitted, the
+    /// runs it claimed are handed back to their queues instead of waiting out their lease.
     pub async fn dequeue(&self, env_id: &str, request: DequeueRequest) -> Result<Vec<Dequeued>> {
-        let env_id = env_id.to_string();
-        self.call(move |txn| dequeue::dequeue(txn, &env_id, &request)).await
+        let env = env_id.to_string();
+        let receiver = self.inner.writer.submit(move |txn| dequeue::dequeue(txn, &env, &request))?;
+        let mut claim =
+            UnreceivedClaim { receiver: Some(receiver), engine: self.clone(), env_id: env_id.to_string() };
+        let receiver = claim.receiver.as_mut().ok_or(crate::Error::Shutdown)?;
+        let result = receiver.await.map_err(|_| crate::Error::Shutdown)?;
+        claim.receiver = None;
+        result
     }
 
     /// Claims runs, waiting up to `timeout` for one to become available (long poll).
@@ -663,6 +672,31 @@ impl Engine {
         let (env_id, queue_name, key) =
             (env_id.to_string(), queue_name.to_string(), concurrency_key.to_string());
         self.call(move |txn| queue::pump_resumes(txn, &env_id, &queue_name, &key)).await
+    }
+}
+
+/// A claim whose caller went away before reading it: the claimed runs go back to their
+/// queues once the claim commits.
+struct UnreceivedClaim {
+    receiver: Option<tokio::sync::oneshot::Receiver<Result<Vec<Dequeued>>>>,
+    engine: Engine,
+    env_id: String,
+}
+
+impl Drop for UnreceivedClaim {
+    fn drop(&mut self) {
+        let Some(receiver) = self.receiver.take() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (engine, env_id) = (self.engine.clone(), std::mem::take(&mut self.env_id));
+        runtime.spawn(async move {
+            if let Ok(Ok(claimed)) = receiver.await {
+                for d in claimed {
+                    if let Err(e) = engine.release_run(&env_id, &d.run.id, &d.snapshot.id).await {
+                        tracing::warn!(run = %d.run.id, error = %e, "could not hand back an abandoned claim");
+                    }
+                }
+            }
+        });
     }
 }
 

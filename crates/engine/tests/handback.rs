@@ -4,6 +4,8 @@
 mod common;
 
 use common::*;
+use std::future::Future;
+
 use serde_json::json;
 use trigger_engine::*;
 
@@ -48,4 +50,43 @@ async fn runs_of_a_vanished_worker_are_canceled_at_once() {
     assert_eq!(h.engine.run_environment(&parent.id).await.unwrap(), Some(h.env.id.clone()));
     assert_eq!(h.engine.run_environment("run_missing").await.unwrap(), None);
 }
+}
+
+#[tokio::test]
+async fn a_claim_whose_caller_went_away_is_handed_back() {
+    let h = harness(vec![task("t")], vec![]).await;
+    let run = h.trigger("t").await;
+    // Poll a claim once (its command is submitted) and drop it. When the writer answered
+    // before the drop, the claim was received: hand it back and try again until one is
+    // dropped unread.
+    let mut abandoned = false;
+    for _ in 0..200 {
+        let mut claim = Box::pin(h.engine.dequeue(&h.env.id, DequeueRequest::new("w", 1)));
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(claim.as_mut().poll(cx))).await;
+        drop(claim);
+        match first {
+            std::task::Poll::Pending => {
+                abandoned = true;
+                break;
+            }
+            std::task::Poll::Ready(claimed) => {
+                for d in claimed.unwrap() {
+                    h.engine.release_run(&h.env.id, &d.run.id, &d.snapshot.id).await.unwrap();
+                }
+            }
+        }
+    }
+    assert!(abandoned, "no claim was ever dropped before its answer");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = h.run(&run.id).await.status;
+        if status == RunStatus::Queued && h.running().await == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the abandoned claim was never handed back ({status})");
+        tokio::task::yield_now().await;
+    }
+    let claimed = h.dequeue(1).await;
+    assert_eq!(claimed.len(), 1, "the run can be claimed again at once, not after its lease");
+    assert_eq!(claimed[0].run.id, run.id);
 }
