@@ -28,6 +28,9 @@ pub(crate) enum Applied {
     Failed,
     /// A unique constraint fired: another writer got there first.
     LostRace,
+    /// The transaction lost a race with another process (deadlock, serialization failure):
+    /// the whole batch is retried.
+    Conflict,
 }
 
 struct Call<T, F> {
@@ -46,6 +49,7 @@ where
         let applied = match &result {
             Ok(_) => Applied::Ok,
             Err(Error::Storage(StorageError { kind: ErrorKind::UniqueViolation, .. })) => Applied::LostRace,
+            Err(Error::Storage(StorageError { kind: ErrorKind::Conflict, .. })) => Applied::Conflict,
             Err(_) => Applied::Failed,
         };
         self.result = Some(result);
@@ -192,7 +196,13 @@ fn writer_loop(
                     careful = true;
                     continue;
                 }
-                Err(e) if e.kind == ErrorKind::Conflict && attempt < MAX_TX_RETRIES => continue,
+                Err(e) if e.kind == ErrorKind::Conflict && attempt < MAX_TX_RETRIES => {
+                    // Let the other side of the race finish first; jitter keeps two replicas
+                    // from colliding again in lockstep.
+                    let pause = 2u64.pow(attempt as u32) + rand::random::<u64>() % 5;
+                    std::thread::sleep(std::time::Duration::from_millis(pause));
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, commands = batch.len(), "engine transaction failed");
                     for command in batch {
@@ -225,10 +235,11 @@ fn run_batch(
     let mut tx = store.begin()?;
     for command in batch.iter_mut() {
         if !careful {
-            if command.apply(&mut Txn { tx: tx.as_mut(), now, config, effects }) != Applied::Ok {
-                return Ok(false);
+            match command.apply(&mut Txn { tx: tx.as_mut(), now, config, effects }) {
+                Applied::Ok => continue,
+                Applied::Conflict => return Err(conflict()),
+                _ => return Ok(false),
             }
-            continue;
         }
         tx.savepoint()?;
         let mark = effects.len();
@@ -240,6 +251,11 @@ fn run_batch(
             effects.truncate(mark);
             tx.savepoint()?;
             applied = command.apply(&mut Txn { tx: tx.as_mut(), now, config, effects });
+        }
+        if applied == Applied::Conflict {
+            // The database aborted this transaction's work (another replica holds the rows):
+            // retry the batch rather than failing one command for a race it did not lose.
+            return Err(conflict());
         }
         if applied == Applied::Ok {
             tx.release_savepoint()?;
@@ -253,4 +269,8 @@ fn run_batch(
     }
     tx.commit()?;
     Ok(true)
+}
+
+fn conflict() -> StorageError {
+    StorageError::new(ErrorKind::Conflict, "a command lost a race with another database client")
 }

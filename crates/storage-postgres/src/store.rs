@@ -434,7 +434,12 @@ impl PostgresStore {
 impl Store for PostgresStore {
     fn begin(&mut self) -> StorageResult<Box<dyn Tx + '_>> {
         self.session.ensure_connected()?;
-        self.session.batch("BEGIN")?;
+        // One writer transaction at a time per deployment (schema): the engine applies many
+        // commands per transaction, touching runs, subqueues and counters in whatever order
+        // its commands come, so two replicas' batches would otherwise deadlock each other.
+        // Replicas still share the work — they take turns, each with a full batch.
+        self.session
+            .batch(&format!("BEGIN; SELECT pg_advisory_xact_lock({})", writer_lock_key(&self.channel)))?;
         let channel = self.options.notify.then(|| (self.channel.as_str(), &*self.origin));
         Ok(Box::new(PostgresTx::new(&mut self.session, channel)))
     }
@@ -524,6 +529,17 @@ fn apply_migrations(session: &mut Session, schema: Option<&str>) -> StorageResul
         session.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[version])?;
     }
     Ok(())
+}
+
+/// The advisory lock key of a deployment's writer transactions (FNV-1a of its channel
+/// name, which is derived from the schema).
+fn writer_lock_key(channel: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in channel.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash as i64
 }
 
 #[cfg(test)]
