@@ -242,3 +242,49 @@ async fn three_replicas_four_workers_5000_runs_keep_every_guarantee() {
         .unwrap();
     let _ = std::fs::remove_dir_all(packets);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_idempotency_key_across_three_replicas_makes_one_run() {
+    let schema = format!("trigger_idem_{}", std::process::id());
+    let packets = std::env::temp_dir().join(format!("{schema}-packets"));
+    let (first, boot) = start_replica(&schema, &packets, true);
+    let (second, _) = start_replica(&schema, &packets, false);
+    let (third, _) = start_replica(&schema, &packets, false);
+    let key = boot.get("key").expect("the first start created a dev key").clone();
+    let project = boot["project"].clone();
+    let urls = [first.url.clone(), second.url.clone(), third.url.clone()];
+
+    // A task must be registered for triggers to be accepted.
+    let backend = Http::new(&urls[0], &key, Some(project.clone())).unwrap();
+    backend
+        .register_worker(trigger_engine::WorkerManifest {
+            content_hash: "idem".into(),
+            tasks: vec![trigger_engine::TaskManifest::new("once")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let mut triggers = tokio::task::JoinSet::new();
+    for i in 0..1000usize {
+        let backend = Http::new(&urls[i % 3], &key, Some(project.clone())).unwrap();
+        triggers.spawn(async move {
+            let request = TriggerRequest {
+                task: "once".into(),
+                payload: Packet::json(&json!({ "i": i })),
+                options: TriggerOptions { idempotency_key: Some("the-one-key".into()), ..Default::default() },
+            };
+            backend.trigger(request).await.expect("trigger accepted").run.id
+        });
+    }
+    let mut ids = std::collections::HashSet::new();
+    while let Some(id) = triggers.join_next().await {
+        ids.insert(id.unwrap());
+    }
+    assert_eq!(ids.len(), 1, "every response names the same run: {ids:?}");
+
+    drop((first, second, third));
+    let url = database_url();
+    tokio::task::spawn_blocking(move || PostgresStore::drop_schema(&url, &schema)).await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(packets);
+}
