@@ -198,13 +198,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         run.output.and_then(|o| o.data).map(|d| serde_json::from_str(&d)).transpose()?.unwrap_or_default();
     let metadata: Value =
         run.run.metadata.as_deref().map(serde_json::from_str).transpose()?.unwrap_or_default();
+    let mut serving = false;
     match &embedded {
-        // The run lives in ./.trigger/trigger.db, which `trigger dev` serves.
-        Some(_) => eprintln!(
-            "inspect it: run `cargo run -p trigger-cli -- dev` in this folder and open \
-             http://127.0.0.1:3030/dashboard/dev/runs/{} (sign in with the link it prints)",
-            run.run.id
-        ),
+        // The embedded engine serves its own dashboard while the example runs.
+        Some(embedded) => match embedded.serve_dashboard("127.0.0.1:0").await {
+            Ok(login) => {
+                let base = login.split("/dashboard/").next().unwrap_or_default().to_string();
+                eprintln!("dashboard: sign in at {login}");
+                eprintln!("inspect it: {base}/dashboard/dev/runs/{}", run.run.id);
+                serving = true;
+            }
+            Err(e) => eprintln!(
+                "the dashboard could not start ({e}); `trigger dev` in this folder shows the run too"
+            ),
+        },
         None => eprintln!(
             "inspect it: {}/dashboard/dev/runs/{}",
             std::env::var("TRIGGER_API_URL").unwrap_or_default().trim_end_matches('/'),
@@ -221,5 +228,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "metadata": metadata,
         }))?
     );
+    // Keep the dashboard up for a person at a terminal; scripts get their exit.
+    if serving && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!("press Ctrl-C to stop");
+        let _ = tokio::signal::ctrl_c().await;
+    }
     Ok(())
 }

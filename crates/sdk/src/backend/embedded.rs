@@ -63,6 +63,26 @@ impl Embedded {
     pub fn env_id(&self) -> &str {
         &self.env_id
     }
+
+    /// Serves the browser dashboard for this engine on `addr` (for example
+    /// `"127.0.0.1:3030"`, or port 0 for any free port) for as long as the process runs, and
+    /// returns the one-time login link. Needs the `dashboard` feature.
+    #[cfg(feature = "dashboard")]
+    pub async fn serve_dashboard(&self, addr: &str) -> Result<String> {
+        let token = trigger_dashboard::startup_token(&self.engine).await?;
+        let router = trigger_dashboard::router(self.engine.clone(), trigger_dashboard::Options::default());
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Protocol(format!("serving the dashboard on {addr}: {e}")))?;
+        let local =
+            listener.local_addr().map_err(|e| Error::Protocol(format!("serving the dashboard: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::warn!(error = %e, "the embedded dashboard stopped");
+            }
+        });
+        Ok(trigger_dashboard::login_url(&format!("http://{local}"), &token))
+    }
 }
 
 fn boxed<'a, T: Send + 'a>(
