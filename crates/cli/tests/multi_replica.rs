@@ -85,6 +85,29 @@ fn start_replica(
     (Replica { child, url: found["url"].clone() }, found)
 }
 
+/// Three replicas on one schema, with the dev key and project the first one created.
+struct Cluster {
+    replicas: Vec<Replica>,
+    key: String,
+    project: String,
+    urls: Vec<String>,
+}
+
+/// The first replica bootstraps the project; the others join it.
+fn start_cluster(schema: &str, packets: &std::path::Path) -> Cluster {
+    let (first, boot) = start_replica(schema, packets, true);
+    let mut replicas = vec![first];
+    for _ in 0..2 {
+        replicas.push(start_replica(schema, packets, false).0);
+    }
+    Cluster {
+        key: boot.get("key").expect("the first start created a dev key").clone(),
+        project: boot["project"].clone(),
+        urls: replicas.iter().map(|r| r.url.clone()).collect(),
+        replicas,
+    }
+}
+
 #[derive(Default)]
 struct Observed {
     executions: Mutex<HashMap<u64, u32>>,
@@ -101,13 +124,7 @@ static PER_KEY: Queue = queue("per-key-1").concurrency_limit(1);
 async fn three_replicas_four_workers_5000_runs_keep_every_guarantee() {
     let schema = format!("trigger_replicas_{}", std::process::id());
     let packets = std::env::temp_dir().join(format!("{schema}-packets"));
-    // The first replica bootstraps the project; the others join it.
-    let (first, boot) = start_replica(&schema, &packets, true);
-    let (second, _) = start_replica(&schema, &packets, false);
-    let (third, _) = start_replica(&schema, &packets, false);
-    let key = boot.get("key").expect("the first start created a dev key").clone();
-    let project = boot["project"].clone();
-    let urls = [first.url.clone(), second.url.clone(), third.url.clone()];
+    let Cluster { replicas, key, project, urls } = start_cluster(&schema, &packets);
 
     let observed = Arc::new(Observed::default());
     let o = observed.clone();
@@ -233,7 +250,7 @@ async fn three_replicas_four_workers_5000_runs_keep_every_guarantee() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     engine.shutdown().await;
-    drop((first, second, third));
+    drop(replicas);
     let url = database_url();
     let schema_to_drop = schema.clone();
     tokio::task::spawn_blocking(move || PostgresStore::drop_schema(&url, &schema_to_drop))
@@ -247,12 +264,7 @@ async fn three_replicas_four_workers_5000_runs_keep_every_guarantee() {
 async fn one_idempotency_key_across_three_replicas_makes_one_run() {
     let schema = format!("trigger_idem_{}", std::process::id());
     let packets = std::env::temp_dir().join(format!("{schema}-packets"));
-    let (first, boot) = start_replica(&schema, &packets, true);
-    let (second, _) = start_replica(&schema, &packets, false);
-    let (third, _) = start_replica(&schema, &packets, false);
-    let key = boot.get("key").expect("the first start created a dev key").clone();
-    let project = boot["project"].clone();
-    let urls = [first.url.clone(), second.url.clone(), third.url.clone()];
+    let Cluster { replicas, key, project, urls } = start_cluster(&schema, &packets);
 
     // A task must be registered for triggers to be accepted.
     let backend = Http::new(&urls[0], &key, Some(project.clone())).unwrap();
@@ -283,7 +295,7 @@ async fn one_idempotency_key_across_three_replicas_makes_one_run() {
     }
     assert_eq!(ids.len(), 1, "every response names the same run: {ids:?}");
 
-    drop((first, second, third));
+    drop(replicas);
     let url = database_url();
     tokio::task::spawn_blocking(move || PostgresStore::drop_schema(&url, &schema)).await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(packets);
