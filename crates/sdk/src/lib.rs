@@ -94,6 +94,7 @@ pub mod idempotency_keys;
 pub mod locals;
 pub mod logger;
 pub mod metadata;
+mod packet;
 mod queue;
 pub mod runs;
 mod scope;

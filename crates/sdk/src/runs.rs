@@ -15,9 +15,17 @@ fn backend() -> Result<SharedBackend> {
     }
 }
 
-/// `runs.retrieve`: a run with its payload and output.
+/// `runs.retrieve`: a run with its payload and output. Both come back as
+/// `application/json` packets whichever SDK wrote them: SuperJSON from the TypeScript SDK is
+/// decoded to plain JSON (see [`trigger_types::superjson`]) and text becomes a JSON string.
 pub async fn retrieve(run_id: &str) -> Result<RunDetails> {
-    backend()?.get_run(run_id).await
+    backend()?.get_run(run_id).await.map(plain)
+}
+
+fn plain(mut details: RunDetails) -> RunDetails {
+    details.payload = crate::packet::normalize(details.payload);
+    details.output = details.output.map(crate::packet::normalize);
+    details
 }
 
 /// `runs.list`: runs matching a filter, newest first (`filter.env_id` is filled in).
@@ -43,15 +51,15 @@ pub async fn reschedule(run_id: &str, delay: Duration) -> Result<Run> {
 }
 
 /// `runs.poll`: waits until the run reaches a final status (`EXPIRED` and `TIMED_OUT`
-/// included, unlike the TS SDK's `isCompleted`). With a change feed (embedded) it waits for
-/// pushes; otherwise it re-reads every `interval`.
+/// included, unlike the TS SDK's `isCompleted`) and returns it as [`retrieve`] does. With a
+/// change feed (embedded) it waits for pushes; otherwise it re-reads every `interval`.
 pub async fn poll(run_id: &str, interval: Duration) -> Result<RunDetails> {
     let backend = backend()?;
     let mut changes = backend.subscribe();
     loop {
         let details = backend.get_run(run_id).await?;
         if details.run.status.is_final() {
-            return Ok(details);
+            return Ok(plain(details));
         }
         match &mut changes {
             Some(rx) => loop {

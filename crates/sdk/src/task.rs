@@ -439,18 +439,12 @@ where
     O: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     let ExecInput { payload, ctx, globals, now } = input;
-    let raw: Value = match payload.data.as_deref() {
-        None | Some("") => Value::Null,
-        Some(text) => match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(e) => {
-                let e = TaskError::internal(
-                    InternalErrorCode::TaskInputError,
-                    format!("payload is not JSON: {e}"),
-                );
-                return failure(e, None, 0);
-            }
-        },
+    let raw: Value = match crate::packet::to_json(payload.data.as_deref(), &payload.data_type) {
+        Ok(v) => v,
+        Err(e) => {
+            let e = TaskError::internal(InternalErrorCode::TaskInputError, format!("payload: {e}"));
+            return failure(e, None, 0);
+        }
     };
     let typed: P = match serde_json::from_value(raw.clone()) {
         Ok(p) => p,

@@ -233,7 +233,7 @@ fn result_of<O: DeserializeOwned>(
     let result = if wp.output_is_error {
         Err(wait::decode_error(wp.output.as_deref()))
     } else {
-        Ok(wait::decode::<O>(wp.output.as_deref())?)
+        Ok(wait::decode::<O>(wp.output.as_deref(), &wp.output_type)?)
     };
     Ok(TaskRunResult { id: run_id.to_string(), task_identifier: task.to_string(), result })
 }
@@ -423,5 +423,55 @@ where
     {
         let items = items.into_iter().map(Into::into).collect();
         batch_trigger_and_wait_by_id(self.id(), items).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trigger_engine::{CompletedWaitpoint, WaitpointType};
+
+    fn waitpoint(output: &str, output_type: &str, is_error: bool) -> CompletedWaitpoint {
+        CompletedWaitpoint {
+            id: "waitpoint_1".into(),
+            kind: WaitpointType::Run,
+            completed_at: 0,
+            index: None,
+            idempotency_key: None,
+            completed_by_run_id: Some("run_child".into()),
+            completed_by_batch_id: None,
+            completed_after: None,
+            output: Some(output.into()),
+            output_type: output_type.into(),
+            output_is_error: is_error,
+        }
+    }
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    struct Report {
+        at: String,
+        rows: u64,
+        #[serde(default)]
+        skipped: u32,
+    }
+
+    #[test]
+    fn a_typescript_childs_superjson_output_decodes_into_the_parents_type() {
+        // `return { at: new Date(0), rows: 3n, skipped: undefined }` in a TS child task.
+        let out = r#"{"json":{"at":"1970-01-01T00:00:00.000Z","rows":"3","skipped":null},"meta":{"values":{"at":["Date"],"rows":["bigint"],"skipped":["undefined"]}}}"#;
+        let wp = waitpoint(out, "application/super+json", false);
+        let result = result_of::<Report>("ts-child", "run_child", Some(&wp)).unwrap();
+        assert_eq!(
+            result.unwrap().unwrap(),
+            Report { at: "1970-01-01T00:00:00.000Z".into(), rows: 3, skipped: 0 }
+        );
+
+        let wp = waitpoint("plain text", "text/plain", false);
+        assert_eq!(result_of::<String>("t", "run_child", Some(&wp)).unwrap().output().unwrap(), "plain text");
+
+        let error = r#"{"type":"STRING_ERROR","raw":"boom"}"#;
+        let wp = waitpoint(error, "application/json", true);
+        let failed = result_of::<Report>("t", "run_child", Some(&wp)).unwrap();
+        assert_eq!(failed.error(), Some(&TaskRunError::String { raw: "boom".into() }));
     }
 }

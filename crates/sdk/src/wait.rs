@@ -234,14 +234,13 @@ pub async fn for_token<T: DeserializeOwned>(token_id: &str) -> Result<TokenResul
     if wp.output_is_error {
         return Ok(TokenResult::TimedOut { token_id: token_id.to_string() });
     }
-    Ok(TokenResult::Ok(decode(wp.output.as_deref())?))
+    Ok(TokenResult::Ok(decode(wp.output.as_deref(), &wp.output_type)?))
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(text: Option<&str>) -> Result<T> {
-    match text {
-        None | Some("") => Ok(serde_json::from_value(serde_json::Value::Null)?),
-        Some(text) => Ok(serde_json::from_str(text)?),
-    }
+/// A waitpoint's output (a child's output or a token's data) as `T`, whichever SDK wrote it.
+pub(crate) fn decode<T: DeserializeOwned>(text: Option<&str>, data_type: &str) -> Result<T> {
+    let value = crate::packet::to_json(text, data_type).map_err(Error::Serde)?;
+    Ok(serde_json::from_value(value)?)
 }
 
 pub(crate) fn decode_error(text: Option<&str>) -> TaskRunError {

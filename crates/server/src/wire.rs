@@ -219,14 +219,15 @@ pub fn metadata_object(run: &Run) -> Option<Value> {
     v.is_object().then_some(v)
 }
 
-/// A stored value as the API presents it: parsed JSON (SuperJSON unwrapped to its `json`
-/// field), or a plain string for text.
+/// A stored value as the API presents it: parsed JSON (SuperJSON decoded to plain JSON as
+/// [`trigger_types::superjson`] describes, or unwrapped to its `json` field when its
+/// annotations do not fit), or a plain string for text.
 pub fn deserialize(data: &str, data_type: &str) -> Option<Value> {
     match data_type {
-        "application/super+json" => {
+        "application/super+json" => trigger_types::superjson::to_json(data).ok().or_else(|| {
             let v: Value = serde_json::from_str(data).ok()?;
             Some(v.get("json").cloned().unwrap_or(Value::Null))
-        }
+        }),
         t if t.contains("json") => serde_json::from_str(data).ok(),
         "text/plain" => Some(Value::String(data.to_string())),
         _ => None,
@@ -564,6 +565,10 @@ mod tests {
     fn superjson_values_are_unwrapped() {
         let v = deserialize(r#"{"json":{"a":1},"meta":{}}"#, "application/super+json");
         assert_eq!(v, Some(json!({"a": 1})));
+        let v = r#"{"json":{"n":"7","m":[["k",1]],"u":null},"meta":{"values":{"n":["bigint"],"m":["map"],"u":["undefined"]}}}"#;
+        assert_eq!(deserialize(v, "application/super+json"), Some(json!({"n": 7, "m": {"k": 1}})));
+        let bad = r#"{"json":{"a":1},"meta":{"values":{"zz":["bigint"]}}}"#;
+        assert_eq!(deserialize(bad, "application/super+json"), Some(json!({"a": 1})));
         assert_eq!(deserialize("hi", "text/plain"), Some(json!("hi")));
         assert_eq!(deserialize("path/x", "application/store"), None);
     }

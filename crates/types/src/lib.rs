@@ -22,6 +22,7 @@ pub mod ids;
 pub mod machine;
 pub mod retry;
 pub mod status;
+pub mod superjson;
 
 pub use duration::{parse_duration, parse_idempotency_ttl, DurationError};
 pub use error::{InternalErrorCode, TaskRunError};

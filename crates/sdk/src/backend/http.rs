@@ -370,12 +370,15 @@ fn options_json(o: &TriggerOptions, now: Millis) -> Value {
     if o.is_test {
         put("test", json!(true));
     }
-    put("payloadType", json!("application/json"));
     Value::Object(m)
 }
 
 fn trigger_body(req: &TriggerRequest, now: Millis) -> Value {
-    json!({ "payload": req.payload.data, "options": options_json(&req.options, now) })
+    let mut options = options_json(&req.options, now);
+    let payload_type =
+        if req.payload.data_type.is_empty() { "application/json" } else { &req.payload.data_type };
+    options["payloadType"] = json!(payload_type);
+    json!({ "payload": req.payload.data, "options": options })
 }
 
 fn token(v: &Value, id: Option<&str>) -> Waitpoint {
@@ -394,8 +397,13 @@ fn token(v: &Value, id: Option<&str>) -> Waitpoint {
         completed_by_batch_id: None,
         completed_after: None,
         timeout_at: None,
-        output: v.get("output").filter(|o| !o.is_null()).map(|o| o.to_string()),
-        output_type: "application/json".into(),
+        // The server hands out the stored text with its content type.
+        output: match v.get("output") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) => Some(text.clone()),
+            Some(other) => Some(other.to_string()),
+        },
+        output_type: v["outputType"].as_str().unwrap_or("application/json").to_string(),
         output_is_error: v["status"].as_str() == Some("TIMED_OUT"),
         tags: Vec::new(),
         callback_secret: None,
