@@ -578,6 +578,9 @@ async fn attempt(
         now: Arc::new(move || backend.now()),
     };
     let executed = tokio::spawn(scope::enter(scope.clone(), task.execute(input))).await;
+    // A flush in flight has taken its operations already: let it finish before stopping the
+    // flusher, or they are lost (neither sent nor carried by the completion).
+    let _guard = scope.flush_lock.lock().await;
     flusher.abort();
     let completion = match executed {
         Ok(c) => c,
@@ -589,7 +592,6 @@ async fn attempt(
         }),
     };
     // Whatever no flush took rides with the completion; logs go first.
-    let _guard = scope.flush_lock.lock().await;
     let logs = std::mem::take(&mut *scope.logs.lock().unwrap_or_else(|e| e.into_inner()));
     if !logs.is_empty() {
         if let Err(e) = scope.backend.record_events(&scope.ctx.run.id, logs).await {
