@@ -7,10 +7,17 @@
 //!    the rest through [`Next::run`];
 //! 2. inside them: `on_start_attempt` (global, then task), `on_start` on the first attempt
 //!    only (global, then task), then `run`;
-//! 3. on success: `on_success` (task, then global), `on_complete`;
+//! 3. on success: `on_success`, then `on_complete`;
 //!    on failure: `catch_error` (task, then global; the first non-default answer wins) and,
-//!    when no retry follows, `on_failure` and `on_complete`;
+//!    when no retry follows, `on_failure`, then `on_complete`;
 //! 4. `cleanup`, after every attempt that was not canceled or timed out.
+//!
+//! Around every wait inside `run`: `on_wait` before the run blocks, `on_resume` once it
+//! continues. When the run is canceled while executing: `on_cancel`, instead of steps 3–4.
+//!
+//! As in v4, every hook kind runs its global hooks (registered with [`crate::tasks`], in
+//! registration order) before the task's own, except `catch_error`, where the task's hook
+//! is asked first. Global hooks see the payload (and output) as JSON.
 
 use std::future::Future;
 use std::sync::{Arc, RwLock};
@@ -256,6 +263,10 @@ pub(crate) struct Globals {
     pub on_failure: Vec<(String, Hook<FailureArgs<Value>>)>,
     pub on_complete: Vec<(String, Hook<CompleteArgs<Value, Value>>)>,
     pub catch_error: Vec<(String, CatchHook<CatchErrorArgs<Value>>)>,
+    pub cleanup: Vec<(String, Hook<StartArgs<Value>>)>,
+    pub on_wait: Vec<(String, Hook<WaitArgs<Value>>)>,
+    pub on_resume: Vec<(String, Hook<WaitArgs<Value>>)>,
+    pub on_cancel: Vec<(String, Hook<CancelArgs<Value>>)>,
 }
 
 static GLOBALS: RwLock<Option<Globals>> = RwLock::new(None);
@@ -302,6 +313,22 @@ pub(crate) fn register_on_complete(name: &str, h: Hook<CompleteArgs<Value, Value
 
 pub(crate) fn register_catch_error(name: &str, h: CatchHook<CatchErrorArgs<Value>>) {
     register(|g| upsert(&mut g.catch_error, name, h));
+}
+
+pub(crate) fn register_cleanup(name: &str, h: Hook<StartArgs<Value>>) {
+    register(|g| upsert(&mut g.cleanup, name, h));
+}
+
+pub(crate) fn register_on_wait(name: &str, h: Hook<WaitArgs<Value>>) {
+    register(|g| upsert(&mut g.on_wait, name, h));
+}
+
+pub(crate) fn register_on_resume(name: &str, h: Hook<WaitArgs<Value>>) {
+    register(|g| upsert(&mut g.on_resume, name, h));
+}
+
+pub(crate) fn register_on_cancel(name: &str, h: Hook<CancelArgs<Value>>) {
+    register(|g| upsert(&mut g.on_cancel, name, h));
 }
 
 impl<P, O> Clone for SuccessArgs<P, O> {

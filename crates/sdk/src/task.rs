@@ -462,17 +462,22 @@ where
 
     if let Some(scope) = &scope {
         let (on_wait, on_resume) = (task.hooks.on_wait.clone(), task.hooks.on_resume.clone());
-        if on_wait.is_some() || on_resume.is_some() {
-            let (payload, ctx) = (payload.clone(), ctx.clone());
+        let (global_wait, global_resume) = (hooks_of(&globals.on_wait), hooks_of(&globals.on_resume));
+        let any =
+            on_wait.is_some() || on_resume.is_some() || !global_wait.is_empty() || !global_resume.is_empty();
+        if any {
+            let (payload, raw, ctx) = (payload.clone(), raw.clone(), ctx.clone());
             let hook: scope::WaitHook = Arc::new(move |wait, resumed| {
-                let h = if resumed { on_resume.clone() } else { on_wait.clone() };
+                let (globals, own, what) = if resumed {
+                    (global_resume.clone(), on_resume.clone(), "onResume")
+                } else {
+                    (global_wait.clone(), on_wait.clone(), "onWait")
+                };
+                let gargs = WaitArgs { payload: raw.clone(), ctx: ctx.clone(), wait: wait.clone() };
                 let args = WaitArgs { payload: payload.clone(), ctx: ctx.clone(), wait };
                 Box::pin(async move {
-                    if let Some(h) = h {
-                        if let Err(e) = h(args).await {
-                            tracing::warn!(target: "trigger_sdk::worker", error = %e, "wait hook failed (ignored)");
-                        }
-                    }
+                    call_ignoring(globals, &gargs, what).await;
+                    call_ignoring(own, &args, what).await;
                 })
             });
             *scope.wait_hook.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
@@ -552,6 +557,8 @@ where
             return failure(e, None, usage_ms);
         }
         Some(CancelReason::Canceled) => {
+            let gargs = CancelArgs { payload: raw.clone(), ctx: ctx.clone() };
+            call_ignoring(hooks_of(&globals.on_cancel), &gargs, "onCancel").await;
             let args = CancelArgs { payload: payload.clone(), ctx: ctx.clone() };
             call_ignoring(task.hooks.on_cancel.clone(), &args, "onCancel").await;
             let e = TaskError::internal(InternalErrorCode::TaskRunCancelled, "the run was canceled");
@@ -587,49 +594,53 @@ where
         )),
     };
 
-    let cleanup_args = StartArgs { payload: payload.clone(), ctx: ctx.clone() };
+    // Every hook kind below runs the global hooks first, then the task's own (as v4 does).
+    let cleanup = || async {
+        let gargs = StartArgs { payload: raw.clone(), ctx: ctx.clone() };
+        call_ignoring(hooks_of(&globals.cleanup), &gargs, "cleanup").await;
+        let args = StartArgs { payload: payload.clone(), ctx: ctx.clone() };
+        call_ignoring(task.hooks.cleanup.clone(), &args, "cleanup").await;
+    };
     let completion = match result {
         Ok(output) => {
             let value = match serde_json::to_value(&output) {
                 Ok(v) => v,
                 Err(e) => {
                     let e = TaskError::internal(InternalErrorCode::TaskOutputError, format!("output: {e}"));
-                    call_ignoring(task.hooks.cleanup.clone(), &cleanup_args, "cleanup").await;
+                    cleanup().await;
                     return failure(e, None, usage_ms);
                 }
             };
             let output = Arc::new(output);
             let gvalue = Arc::new(value.clone());
-            let args = SuccessArgs { payload: payload.clone(), output: output.clone(), ctx: ctx.clone() };
-            call_ignoring(task.hooks.on_success.clone(), &args, "onSuccess").await;
             let gargs = SuccessArgs { payload: raw.clone(), output: gvalue.clone(), ctx: ctx.clone() };
             call_ignoring(hooks_of(&globals.on_success), &gargs, "onSuccess").await;
-            let args = CompleteArgs { payload: payload.clone(), result: Ok(output), ctx: ctx.clone() };
-            call_ignoring(task.hooks.on_complete.clone(), &args, "onComplete").await;
+            let args = SuccessArgs { payload: payload.clone(), output: output.clone(), ctx: ctx.clone() };
+            call_ignoring(task.hooks.on_success.clone(), &args, "onSuccess").await;
             let gargs = CompleteArgs { payload: raw.clone(), result: Ok(gvalue), ctx: ctx.clone() };
             call_ignoring(hooks_of(&globals.on_complete), &gargs, "onComplete").await;
+            let args = CompleteArgs { payload: payload.clone(), result: Ok(output), ctx: ctx.clone() };
+            call_ignoring(task.hooks.on_complete.clone(), &args, "onComplete").await;
             Completion::Success { output: Packet::json(&value), usage_ms }
         }
         Err(error) => {
             let (error, retry) = decide_retry(&task, &globals, &payload, &raw, &ctx, error, &*now).await;
             if retry.is_none() {
-                let args = FailureArgs { payload: payload.clone(), error: error.clone(), ctx: ctx.clone() };
-                call_ignoring(task.hooks.on_failure.clone(), &args, "onFailure").await;
                 let gargs = FailureArgs { payload: raw.clone(), error: error.clone(), ctx: ctx.clone() };
                 call_ignoring(hooks_of(&globals.on_failure), &gargs, "onFailure").await;
-                let args =
-                    CompleteArgs { payload: payload.clone(), result: Err(error.clone()), ctx: ctx.clone() };
-                call_ignoring(task.hooks.on_complete.clone(), &args, "onComplete").await;
+                let args = FailureArgs { payload: payload.clone(), error: error.clone(), ctx: ctx.clone() };
+                call_ignoring(task.hooks.on_failure.clone(), &args, "onFailure").await;
                 let gargs =
                     CompleteArgs { payload: raw.clone(), result: Err(error.clone()), ctx: ctx.clone() };
                 call_ignoring(hooks_of(&globals.on_complete), &gargs, "onComplete").await;
+                let args =
+                    CompleteArgs { payload: payload.clone(), result: Err(error.clone()), ctx: ctx.clone() };
+                call_ignoring(task.hooks.on_complete.clone(), &args, "onComplete").await;
             }
             failure(error, retry, usage_ms)
         }
     };
-    if let Err(e) = call_all(task.hooks.cleanup.clone(), &cleanup_args, "cleanup").await {
-        tracing::warn!(target: "trigger_sdk::worker", error = %e, "cleanup failed");
-    }
+    cleanup().await;
     completion
 }
 

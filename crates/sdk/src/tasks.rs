@@ -7,8 +7,8 @@ use serde_json::Value;
 use crate::client::default_backend;
 use crate::error::Result;
 use crate::hooks::{
-    self, CatchError, CatchErrorArgs, CompleteArgs, FailureArgs, HookResult, MiddlewareArgs, StartArgs,
-    SuccessArgs,
+    self, CancelArgs, CatchError, CatchErrorArgs, CompleteArgs, FailureArgs, HookResult, MiddlewareArgs,
+    StartArgs, SuccessArgs, WaitArgs,
 };
 use crate::task::TaskSpec;
 use crate::trigger::{self, BatchHandle, BatchTriggerItem, RunHandle, TriggerOptions};
@@ -35,7 +35,8 @@ where
     hooks::register_middleware(name, hooks::middleware_fn(f));
 }
 
-/// Global `onStart` (first attempt of every run), with the payload as JSON.
+/// Global `onStart` (first attempt of every run), with the payload as JSON; before the
+/// task's own.
 pub fn on_start<F, Fut, R>(name: &str, f: F)
 where
     F: Fn(StartArgs<Value>) -> Fut + Send + Sync + 'static,
@@ -45,7 +46,7 @@ where
     hooks::register_on_start(name, hooks::hook(f));
 }
 
-/// Global `onStartAttempt`.
+/// Global `onStartAttempt`; before the task's own.
 pub fn on_start_attempt<F, Fut, R>(name: &str, f: F)
 where
     F: Fn(StartArgs<Value>) -> Fut + Send + Sync + 'static,
@@ -55,7 +56,7 @@ where
     hooks::register_on_start_attempt(name, hooks::hook(f));
 }
 
-/// Global `onSuccess`, with payload and output as JSON.
+/// Global `onSuccess`, with payload and output as JSON; before the task's own.
 pub fn on_success<F, Fut, R>(name: &str, f: F)
 where
     F: Fn(SuccessArgs<Value, Value>) -> Fut + Send + Sync + 'static,
@@ -65,7 +66,7 @@ where
     hooks::register_on_success(name, hooks::hook(f));
 }
 
-/// Global `onFailure`.
+/// Global `onFailure` (final failure only); before the task's own.
 pub fn on_failure<F, Fut, R>(name: &str, f: F)
 where
     F: Fn(FailureArgs<Value>) -> Fut + Send + Sync + 'static,
@@ -75,7 +76,7 @@ where
     hooks::register_on_failure(name, hooks::hook(f));
 }
 
-/// Global `onComplete`.
+/// Global `onComplete`; before the task's own.
 pub fn on_complete<F, Fut, R>(name: &str, f: F)
 where
     F: Fn(CompleteArgs<Value, Value>) -> Fut + Send + Sync + 'static,
@@ -92,6 +93,58 @@ where
     Fut: Future<Output = CatchError> + Send + 'static,
 {
     hooks::register_catch_error(name, hooks::catch_hook(f));
+}
+
+/// Global `cleanup`: after every attempt of every task (success or failure, not when the
+/// run was canceled or timed out), before the task's own.
+pub fn cleanup<F, Fut, R>(name: &str, f: F)
+where
+    F: Fn(StartArgs<Value>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: HookResult,
+{
+    hooks::register_cleanup(name, hooks::hook(f));
+}
+
+/// Global `onWait`: before any run blocks on a wait (a duration, a token, a child or a
+/// batch), before the task's own.
+///
+/// ```
+/// use trigger_sdk::{hooks::WaitArgs, tasks, wait::WaitInfo};
+/// tasks::on_wait("audit", |WaitArgs { ctx, wait, .. }| async move {
+///     if let WaitInfo::Token { id } = wait {
+///         println!("{} waits for token {id}", ctx.run.id);
+///     }
+/// });
+/// ```
+pub fn on_wait<F, Fut, R>(name: &str, f: F)
+where
+    F: Fn(WaitArgs<Value>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: HookResult,
+{
+    hooks::register_on_wait(name, hooks::hook(f));
+}
+
+/// Global `onResume`: after a wait of any run completes, before the task's own.
+pub fn on_resume<F, Fut, R>(name: &str, f: F)
+where
+    F: Fn(WaitArgs<Value>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: HookResult,
+{
+    hooks::register_on_resume(name, hooks::hook(f));
+}
+
+/// Global `onCancel`: when a run is canceled while it executes (not while queued or
+/// waiting), before the task's own.
+pub fn on_cancel<F, Fut, R>(name: &str, f: F)
+where
+    F: Fn(CancelArgs<Value>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: HookResult,
+{
+    hooks::register_on_cancel(name, hooks::hook(f));
 }
 
 fn backend() -> Result<crate::backend::SharedBackend> {
