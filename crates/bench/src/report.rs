@@ -15,8 +15,8 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn new(workload: &'static str, backend: &str, durability: String) -> Self {
-        Report { workload, mode: "embedded", backend: backend.into(), durability, metrics: Map::new() }
+    pub fn new(workload: &'static str, mode: &'static str, backend: &str, durability: String) -> Self {
+        Report { workload, mode, backend: backend.into(), durability, metrics: Map::new() }
     }
 
     pub fn metric(&mut self, name: &str, value: impl Into<Value>) -> &mut Self {
@@ -34,16 +34,25 @@ impl Report {
         })
     }
 
-    /// `| workload | mode | backend | metric=value … |`
+    /// `| workload | mode | backend | metric=value … |`; nested objects (percentiles) are
+    /// flattened to `name.p50_ms=…`.
     pub fn table_row(&self) -> String {
-        let metrics: Vec<String> = self
-            .metrics
-            .iter()
-            .map(|(k, v)| match v.as_f64() {
-                Some(f) if f.fract() != 0.0 => format!("{k}={f:.2}"),
-                _ => format!("{k}={v}"),
-            })
-            .collect();
+        let mut metrics = Vec::new();
+        for (k, v) in &self.metrics {
+            match v {
+                Value::Object(inner) => {
+                    metrics.extend(inner.iter().map(|(ik, iv)| format!("{k}.{ik}={}", number(iv))))
+                }
+                v => metrics.push(format!("{k}={}", number(v))),
+            }
+        }
         format!("| {} | {} | {} | {} |", self.workload, self.mode, self.backend, metrics.join(", "))
+    }
+}
+
+fn number(v: &Value) -> String {
+    match v.as_f64() {
+        Some(f) if f.fract() != 0.0 => format!("{f:.2}"),
+        _ => v.to_string(),
     }
 }
