@@ -48,11 +48,12 @@
 //!   without being handed it. Futures spawned with `tokio::spawn` from `run` leave that
 //!   scope.
 //! - **Attempt order**: global middleware, task middleware, `on_start_attempt`, `on_start`
-//!   (first attempt), `run` (with `on_wait`/`on_resume` around each wait); then `on_success`
-//!   + `on_complete`, or `catch_error` and (when no retry follows) `on_failure` +
-//!   `on_complete`; then `cleanup`; `on_cancel` instead when the run is canceled. Global hooks
-//!   ([`tasks::on_start`], [`tasks::cleanup`], [`tasks::on_wait`], …) run before the task's
-//!   own, as in v4; only `catch_error` asks the task first. See [`hooks`].
+//!   (first attempt), `run` (with `on_wait`/`on_resume` around each wait); then
+//!   `on_success` and `on_complete`, or `catch_error` and (when no retry follows)
+//!   `on_failure` and `on_complete`; then `cleanup`; `on_cancel` instead when the run is
+//!   canceled. Global hooks ([`tasks::on_start`], [`tasks::cleanup`], [`tasks::on_wait`],
+//!   …) run before the task's own, as in v4; only `catch_error` asks the task first. See
+//!   [`hooks`].
 //! - **Retries.** The worker proposes the retry from the task's policy (`retry`, merged with
 //!   the run's `max_attempts`) and `catch_error`; the engine decides. A task without a
 //!   policy is not retried. A payload that does not deserialize into the task's type fails
