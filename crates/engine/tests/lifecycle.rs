@@ -285,6 +285,81 @@ async fn duration_waits_block_and_resume_exactly_once_and_are_idempotent() {
     assert_eq!(after.completed_waitpoints[0].id, wp.id);
 }
 
+async fn a_retried_attempt_reuses_its_keyed_wait_until_the_key_expires() {
+    let h = harness(vec![retrying("napper", 3)], vec![]).await;
+    let run = h.trigger("napper").await;
+    let snapshot = h.claim_and_start(&run.id).await;
+    let key = Some("nap-once".to_string());
+    let ttl = Some(120_000);
+    let wp = h.engine.wait_for_duration(&h.env.id, &run.id, &snapshot, T0 + 30_000, key.clone(), ttl).await.unwrap();
+    assert_eq!(wp.idempotency_key_expires_at, Some(T0 + 120_000));
+    h.advance(30_000).await;
+    let resumed = h.snapshot(&run.id).await;
+    assert_eq!(resumed.execution_status, ExecutionStatus::Executing);
+
+    // The attempt fails after its wait; the retry reaches the same wait again.
+    let outcome = h
+        .engine
+        .complete_attempt(
+            &h.env.id,
+            &run.id,
+            &resumed.id,
+            Completion::Failure {
+                error: TaskRunError::string("after the nap"),
+                retry: Some(RetryProposal { at: T0 + 31_000, delay_ms: 1000 }),
+                skipped_retrying: false,
+                usage_ms: 1,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_ne!(outcome.status, AttemptStatus::RunFinished);
+    h.advance(1000).await;
+    let snapshot = match outcome.status {
+        AttemptStatus::RetryImmediately => {
+            h.engine.start_attempt(&h.env.id, &run.id, &outcome.snapshot.id).await.unwrap().snapshot.id
+        }
+        _ => h.claim_and_start(&run.id).await,
+    };
+    assert_eq!(h.run(&run.id).await.attempt_number, 2);
+    let again =
+        h.engine.wait_for_duration(&h.env.id, &run.id, &snapshot, T0 + 91_000, key.clone(), ttl).await.unwrap();
+    assert_eq!(again.id, wp.id, "the key returns the first attempt's waitpoint");
+    let after = h.snapshot(&run.id).await;
+    assert_eq!(after.execution_status, ExecutionStatus::Executing, "already complete: no new wait");
+    assert_eq!(after.completed_waitpoints.len(), 1);
+    assert_eq!(after.completed_waitpoints[0].id, wp.id);
+
+    // Once the key's TTL has passed, the same key makes a new wait that blocks.
+    h.advance(120_000 - 31_000).await;
+    let fresh = h
+        .engine
+        .wait_for_duration(&h.env.id, &run.id, &after.id, h.engine.now() + 10_000, key.clone(), None)
+        .await
+        .unwrap();
+    assert_ne!(fresh.id, wp.id);
+    assert_eq!(h.snapshot(&run.id).await.execution_status, ExecutionStatus::ExecutingWithWaitpoints);
+    h.advance(10_000).await;
+    assert_eq!(h.snapshot(&run.id).await.execution_status, ExecutionStatus::Executing);
+
+    // Token keys expire the same way.
+    let opts = |ttl| TokenOptions {
+        idempotency_key: Some("approve-ttl".into()),
+        idempotency_key_ttl_ms: ttl,
+        ..Default::default()
+    };
+    let (first, cached) = h.engine.create_token(&h.env.id, opts(Some(5_000))).await.unwrap();
+    assert!(!cached);
+    let (same, cached) = h.engine.create_token(&h.env.id, opts(Some(5_000))).await.unwrap();
+    assert!(cached);
+    assert_eq!(same.id, first.id);
+    h.advance(5_000).await;
+    let (next, cached) = h.engine.create_token(&h.env.id, opts(None)).await.unwrap();
+    assert!(!cached, "an expired key makes a new token");
+    assert_ne!(next.id, first.id);
+}
+
 async fn tokens_complete_by_hand_or_time_out_with_the_timeout_error() {
     let h = harness(vec![task("approver")], vec![]).await;
     let run = h.trigger("approver").await;
