@@ -215,6 +215,11 @@ impl CancellationToken {
         }
     }
 
+    /// Whether both are clones of one token.
+    pub(crate) fn same(&self, other: &CancellationToken) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// Whether the token fired.
     pub fn is_cancelled(&self) -> bool {
         self.reason().is_some()

@@ -354,8 +354,8 @@ async fn claim_loop(
                 let guarded = tokio::spawn(execute_run(inner.clone(), dequeued, lease));
                 if let Err(e) = guarded.await {
                     tracing::error!(target: "trigger_sdk::worker", run = %run_id, error = %e, "run task failed");
+                    inner.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&run_id);
                 }
-                inner.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&run_id);
             });
         }
     }
@@ -482,6 +482,12 @@ async fn execute_run(inner: Arc<Inner>, dequeued: Dequeued, lease: Arc<Lease>) {
     }
     heartbeat.abort();
     drop(lease);
+    // Only this execution's entry: a queued retry may already run again here under the same
+    // run id, and removing its entry would cut it off from its changes.
+    let mut active = inner.active.lock().unwrap_or_else(|e| e.into_inner());
+    if active.get(&run_id).is_some_and(|a| a.token.same(&token)) {
+        active.remove(&run_id);
+    }
 }
 
 async fn confirm_cancel_or_log(inner: &Inner, run_id: &str, error: Error) {
