@@ -327,6 +327,12 @@ pub trait IntoTask {
     fn into_task(self) -> RegisteredTask;
 }
 
+impl IntoTask for RegisteredTask {
+    fn into_task(self) -> RegisteredTask {
+        self
+    }
+}
+
 impl<P, O> IntoTask for Task<P, O>
 where
     P: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
