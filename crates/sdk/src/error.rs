@@ -35,6 +35,9 @@ pub enum Error {
         /// How it failed.
         error: Box<TaskRunError>,
     },
+    /// `wait::until(..).throw_if_in_the_past()` was given a time already past.
+    #[error("Date is in the past")]
+    DateInThePast,
     /// A waitpoint token timed out.
     #[error("waitpoint {0} timed out")]
     WaitpointTimeout(String),

@@ -118,23 +118,113 @@ fn millis(t: SystemTime) -> Millis {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
 }
 
-/// `wait.for`: blocks the run for a duration.
-pub async fn for_duration(duration: Duration) -> Result<()> {
-    until(SystemTime::now() + duration).await
+/// `wait.for`: blocks the run for a duration. Await it as it is, or set options first:
+///
+/// ```no_run
+/// # async fn f() -> trigger_sdk::Result<()> {
+/// use std::time::Duration;
+/// use trigger_sdk::{idempotency_keys, wait};
+/// wait::for_duration(Duration::from_secs(3600)).await?;
+/// // A retried attempt that reaches this wait again does not wait again.
+/// wait::for_duration(Duration::from_secs(3600))
+///     .idempotency_key(idempotency_keys::create("cool-down"))
+///     .idempotency_key_ttl(Duration::from_secs(24 * 3600))
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub fn for_duration(duration: Duration) -> DurationWait {
+    DurationWait { at: At::After(duration), options: WaitOptions::default() }
 }
 
-/// `wait.until`: blocks the run until a time (a past time continues at once).
-pub async fn until(at: SystemTime) -> Result<()> {
-    let scope = current("wait::until")?;
-    let until = millis(at);
-    let snapshot = scope.snapshot_id();
-    let run_id = scope.ctx.run.id.clone();
-    let backend = scope.backend.clone();
-    block_and_wait(&scope, |_| WaitInfo::Duration { until: at }, async move {
-        backend.wait_for_duration(&run_id, &snapshot, until, None).await
-    })
-    .await?;
-    Ok(())
+/// `wait.until`: blocks the run until a time. A time already past continues at once, or
+/// fails with [`Error::DateInThePast`] after
+/// [`throw_if_in_the_past`](DurationWait::throw_if_in_the_past).
+pub fn until(at: SystemTime) -> DurationWait {
+    DurationWait { at: At::Time(at), options: WaitOptions::default() }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum At {
+    After(Duration),
+    Time(SystemTime),
+}
+
+#[derive(Debug, Clone, Default)]
+struct WaitOptions {
+    idempotency_key: Option<String>,
+    idempotency_key_ttl: Option<Duration>,
+    throw_if_in_the_past: bool,
+}
+
+/// A wait for a duration or until a time, from [`for_duration`] or [`until`]; `.await` it.
+#[derive(Debug, Clone)]
+#[must_use = "a wait does nothing until it is awaited"]
+pub struct DurationWait {
+    at: At,
+    options: WaitOptions,
+}
+
+impl DurationWait {
+    /// Reuses the wait made earlier with the same key (`idempotencyKey`): a retried attempt
+    /// that reaches this wait again continues at once if the first wait is over, or waits
+    /// for what is left of it. The key is sent as it is, so a plain string is shared by
+    /// every run of the environment (as in v4); [`crate::idempotency_keys::create`] scopes
+    /// it to the run.
+    pub fn idempotency_key(mut self, key: impl std::fmt::Display) -> Self {
+        self.options.idempotency_key = Some(key.to_string());
+        self
+    }
+
+    /// How long the key is remembered (`idempotencyKeyTTL`, default 30 days; sent in whole
+    /// seconds, at least one). After that the same key makes a new wait.
+    pub fn idempotency_key_ttl(mut self, ttl: Duration) -> Self {
+        self.options.idempotency_key_ttl = Some(ttl);
+        self
+    }
+
+    /// For [`until`]: a time already past fails with [`Error::DateInThePast`] instead of
+    /// continuing at once (`throwIfInThePast`).
+    pub fn throw_if_in_the_past(mut self) -> Self {
+        self.options.throw_if_in_the_past = true;
+        self
+    }
+
+    async fn wait(self) -> Result<()> {
+        let what = match self.at {
+            At::After(_) => "wait::for_duration",
+            At::Time(_) => "wait::until",
+        };
+        let scope = current(what)?;
+        let now = scope.backend.now();
+        let until = match self.at {
+            At::After(d) => now.saturating_add(d.as_millis().min(i64::MAX as u128) as i64),
+            At::Time(at) => millis(at),
+        };
+        if self.options.throw_if_in_the_past && until < now {
+            return Err(Error::DateInThePast);
+        }
+        let at = UNIX_EPOCH + Duration::from_millis(until.max(0) as u64);
+        let snapshot = scope.snapshot_id();
+        let run_id = scope.ctx.run.id.clone();
+        let backend = scope.backend.clone();
+        let WaitOptions { idempotency_key, idempotency_key_ttl, .. } = self.options;
+        // The wire carries the TTL in whole seconds.
+        let ttl_ms = idempotency_key_ttl.map(|d| d.as_secs().max(1) * 1000);
+        block_and_wait(&scope, |_| WaitInfo::Duration { until: at }, async move {
+            backend.wait_for_duration(&run_id, &snapshot, until, idempotency_key, ttl_ms).await
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+impl std::future::IntoFuture for DurationWait {
+    type Output = Result<()>;
+    type IntoFuture = crate::backend::BoxFuture<'static, Result<()>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.wait())
+    }
 }
 
 /// Options of a new token.
@@ -142,9 +232,11 @@ pub async fn until(at: SystemTime) -> Result<()> {
 pub struct CreateTokenOptions {
     /// The token times out after this long (never when `None`).
     pub timeout: Option<Duration>,
-    /// Returns the existing token for a key already used.
+    /// Returns the existing token for a key already used (`idempotencyKey`), sent as it is:
+    /// pass `idempotency_keys::create(..).to_string()` for a key scoped to the run.
     pub idempotency_key: Option<String>,
-    /// How long the key is remembered.
+    /// How long the key is remembered (default 30 days; whole seconds on the wire). After
+    /// that the same key makes a new token.
     pub idempotency_key_ttl: Option<Duration>,
     /// Tags.
     pub tags: Vec<String>,

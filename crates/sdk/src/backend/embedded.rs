@@ -165,11 +165,19 @@ impl Backend for Embedded {
         snapshot_id: &str,
         until: Millis,
         idempotency_key: Option<String>,
+        idempotency_key_ttl_ms: Option<u64>,
     ) -> BoxFuture<'_, Result<Waitpoint>> {
         let (run_id, snapshot_id) = (run_id.to_string(), snapshot_id.to_string());
         boxed(async move {
             self.engine
-                .wait_for_duration(&self.env_id, &run_id, &snapshot_id, until, idempotency_key, None)
+                .wait_for_duration(
+                    &self.env_id,
+                    &run_id,
+                    &snapshot_id,
+                    until,
+                    idempotency_key,
+                    idempotency_key_ttl_ms,
+                )
                 .await
         })
     }
@@ -290,8 +298,9 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
         snapshot_id: &str,
         until: Millis,
         idempotency_key: Option<String>,
+        idempotency_key_ttl_ms: Option<u64>,
     ) -> BoxFuture<'_, Result<Waitpoint>> {
-        (**self).wait_for_duration(run_id, snapshot_id, until, idempotency_key)
+        (**self).wait_for_duration(run_id, snapshot_id, until, idempotency_key, idempotency_key_ttl_ms)
     }
     fn create_token(&self, options: TokenOptions) -> BoxFuture<'_, Result<(Waitpoint, bool)>> {
         (**self).create_token(options)

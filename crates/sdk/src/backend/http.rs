@@ -360,7 +360,7 @@ fn options_json(o: &TriggerOptions, now: Millis) -> Value {
         put("priority", json!(o.priority_ms as f64 / 1000.0));
     }
     put("idempotencyKey", json!(o.idempotency_key));
-    put("idempotencyKeyTTL", json!(o.idempotency_key_ttl_ms.map(|ms| format!("{}s", ms / 1000))));
+    put("idempotencyKeyTTL", json!(o.idempotency_key_ttl_ms.map(ttl_string)));
     put("idempotencyKeyOptions", json!(o.idempotency_key_options));
     put("parentRunId", json!(o.parent_run_id));
     if o.resume_parent_on_completion {
@@ -371,6 +371,11 @@ fn options_json(o: &TriggerOptions, now: Millis) -> Value {
         put("test", json!(true));
     }
     Value::Object(m)
+}
+
+/// An idempotency key TTL as the wire takes it (`^(\d+)([smhd])$`): whole seconds, at least 1.
+fn ttl_string(ms: u64) -> String {
+    format!("{}s", (ms / 1000).max(1))
 }
 
 fn trigger_body(req: &TriggerRequest, now: Millis) -> Value {
@@ -767,10 +772,18 @@ impl Backend for Http {
         _snapshot_id: &str,
         until: Millis,
         idempotency_key: Option<String>,
+        idempotency_key_ttl_ms: Option<u64>,
     ) -> BoxFuture<'_, Result<Waitpoint>> {
         let path = format!("/engine/v1/runs/{}/wait/duration", path_id(run_id));
         Box::pin(async move {
-            let v = self.post(&path, json!({ "date": until, "idempotencyKey": idempotency_key })).await?;
+            let mut body = json!({ "date": trigger_engine::iso8601(until) });
+            if let Some(key) = idempotency_key {
+                body["idempotencyKey"] = json!(key);
+            }
+            if let Some(ttl) = idempotency_key_ttl_ms {
+                body["idempotencyKeyTTL"] = json!(ttl_string(ttl));
+            }
+            let v = self.post(&path, body).await?;
             let mut wp = token(&Value::Null, v["waitpoint"]["id"].as_str());
             wp.kind = WaitpointType::DateTime;
             wp.completed_after = Some(until);
@@ -786,6 +799,9 @@ impl Backend for Http {
             }
             if let Some(key) = options.idempotency_key {
                 body["idempotencyKey"] = json!(key);
+            }
+            if let Some(ttl) = options.idempotency_key_ttl_ms {
+                body["idempotencyKeyTTL"] = json!(ttl_string(ttl));
             }
             let v = self.post("/api/v1/waitpoints/tokens", body).await?;
             Ok((token(&v, None), v["isCached"].as_bool().unwrap_or(false)))

@@ -69,13 +69,15 @@ pub trait Backend: Send + Sync + 'static {
     /// Adds items to a batch.
     fn add_batch_items(&self, batch_id: &str, items: Vec<BatchItem>) -> BoxFuture<'_, Result<ItemsAdded>>;
 
-    /// Blocks a run on a `DATETIME` waitpoint.
+    /// Blocks a run on a `DATETIME` waitpoint. With an idempotency key, a waitpoint made
+    /// earlier with the same key (within its TTL) is reused, and may already be complete.
     fn wait_for_duration(
         &self,
         run_id: &str,
         snapshot_id: &str,
         until: Millis,
         idempotency_key: Option<String>,
+        idempotency_key_ttl_ms: Option<u64>,
     ) -> BoxFuture<'_, Result<Waitpoint>>;
     /// Creates a waitpoint token; the flag is true when an idempotency key matched.
     fn create_token(&self, options: TokenOptions) -> BoxFuture<'_, Result<(Waitpoint, bool)>>;
