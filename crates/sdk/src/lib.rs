@@ -42,7 +42,17 @@
 //!   [`backend::Embedded`] runs the engine in-process on SQLite (no server; the default,
 //!   and the one pushed changes come from directly). [`backend::Http`] speaks the server's
 //!   Trigger.dev-compatible endpoints (`TRIGGER_API_URL`, `TRIGGER_SECRET_KEY`,
-//!   `TRIGGER_PROJECT_REF`), with changes pushed over the server's SSE channel.
+//!   `TRIGGER_PROJECT_REF`), with changes pushed over the server's SSE channel. It retries
+//!   failed requests ([`backend::RequestRetry`]: connection errors, 408, 409, 429, 5xx, with
+//!   backoff and `Retry-After`) without ever triggering twice, and speaks `https://` with
+//!   the `tls` feature.
+//!
+//! # Features
+//!
+//! - `tls`: `https://` API URLs (rustls with the ring provider and the webpki roots; more
+//!   roots in [`backend::HttpOptions`]). Off by default; without it an `https://` URL is
+//!   refused with an error saying to enable it.
+//! - `dashboard`: `Embedded::serve_dashboard`, the browser dashboard for an embedded engine.
 //! - **The current run** is a Tokio task-local set around each attempt, so [`metadata`],
 //!   [`logger`], [`locals`], [`wait`], [`idempotency_keys`] and triggering find their run
 //!   without being handed it. Futures spawned with `tokio::spawn` from `run` leave that
@@ -65,13 +75,21 @@
 //!   run ends `TIMED_OUT` with `MAX_DURATION_EXCEEDED`, without `cleanup`, `on_success` or
 //!   `on_failure`.
 //! - **Waits** always go through the engine (no in-process shortcut for short waits), and a
-//!   waiting run holds no concurrency, neither in its queue nor on the worker.
+//!   waiting run holds no concurrency, neither in its queue nor on the worker. A wait with
+//!   an idempotency key (`wait::for_duration(d).idempotency_key(k)`) is not waited again by
+//!   a retried attempt.
 //! - **Metadata** changes apply to the task's own copy at once and reach the engine about
 //!   once a second and with the completion. Log lines travel the same way.
 //!
 //! # Differences from the TypeScript SDK
 //!
-//! - Payloads and outputs are plain JSON (serde), not SuperJSON.
+//! - Payloads and outputs are sent as plain JSON (`application/json`, which TS tasks
+//!   accept), not SuperJSON. What a TS backend or TS child sends (SuperJSON, or `text/plain`
+//!   for a string) is decoded to the plain JSON a serde type expects; see
+//!   [`trigger_types::superjson`] for the mapping (a `Date` arrives as its ISO string, a
+//!   `BigInt` as a number, a `Map` as an object, an `undefined` field is absent). Values the
+//!   TS SDK offloaded to object storage (`application/store`, 128 KB and more) are not
+//!   fetched yet and fail the run with `TASK_INPUT_ERROR`.
 //! - Hooks are set once per task (one closure per kind); global hooks receive JSON.
 //! - `on_success`, `on_failure`, `on_complete` and `cleanup` run after the middleware chain
 //!   has returned; v4 runs them inside it, before the innermost `next()` returns.

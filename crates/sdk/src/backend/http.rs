@@ -1,11 +1,11 @@
 //! The HTTP backend (see [`Http`]).
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
+use hyper::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Map, Value};
@@ -19,12 +19,18 @@ use trigger_engine::{
     WaitpointType, WorkerManifest, WorkerVersion,
 };
 
+use super::retry::{self, RequestRetry};
 use super::{Backend, BoxFuture};
 use crate::error::{Error, Result};
 
 /// The server's Trigger.dev-compatible endpoints (`/api/…`, `/engine/…`, `/otel/…`) with an
-/// environment's secret key, over plain HTTP/1.1 (put TLS in front with a proxy; `https`
-/// URLs are refused).
+/// environment's secret key, over HTTP/1.1: `http://` always, `https://` with the `tls`
+/// feature (rustls with the webpki roots, plus any in [`HttpOptions::root_certificates`]).
+///
+/// Failed requests are retried as [`RequestRetry`] describes (connection errors, 408, 409,
+/// 429, 5xx; backoff with jitter; `Retry-After` honoured), without ever doing a
+/// non-idempotent thing twice: triggers and batches carry a request key the server
+/// de-duplicates.
 ///
 /// Responses are Trigger.dev's JSON shapes mapped onto the engine's types; fields the wire
 /// does not carry keep their defaults (timestamps are 0, a run's retry policy is unknown,
@@ -35,11 +41,27 @@ pub struct Http {
     inner: Arc<Inner>,
 }
 
+/// Options of an [`Http`] backend beyond its URL and key.
+#[derive(Debug, Clone, Default)]
+pub struct HttpOptions {
+    /// How failed requests are retried.
+    pub retry: RequestRetry,
+    /// Certificates (DER) trusted for `https://` besides the webpki roots: a private CA or
+    /// a self-signed server certificate. Needs the `tls` feature.
+    pub root_certificates: Vec<Vec<u8>>,
+}
+
+#[cfg(feature = "tls")]
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+#[cfg(not(feature = "tls"))]
+type Connector = HttpConnector;
+
 struct Inner {
     base: String,
     key: String,
     project_ref: Option<String>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
+    retry: RequestRetry,
     changes: Mutex<Option<broadcast::Sender<RunChange>>>,
     /// The environment, learnt from the first attempt (log records name it).
     env_id: Mutex<Option<String>>,
@@ -51,26 +73,118 @@ impl std::fmt::Debug for Http {
     }
 }
 
+/// What a request may go through when its connection breaks after it was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replay {
+    /// Reading, or writing what the server de-duplicates: send it again.
+    Safe,
+    /// The server may have acted on it: only an unsent request or an error status is retried.
+    Unsafe,
+    /// A worker call on a snapshot: like `Unsafe`, and a 409 (a stale snapshot) is final.
+    Fenced,
+}
+
+#[cfg(feature = "tls")]
+fn client(options: &HttpOptions) -> Result<Client<Connector, Full<Bytes>>> {
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for der in &options.root_certificates {
+        roots
+            .add(CertificateDer::from(der.clone()))
+            .map_err(|e| Error::Protocol(format!("a root certificate in HttpOptions is not usable: {e}")))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Protocol(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+#[cfg(not(feature = "tls"))]
+fn client(_: &HttpOptions) -> Result<Client<Connector, Full<Bytes>>> {
+    Ok(Client::builder(TokioExecutor::new()).build_http())
+}
+
+/// An error with its causes (hyper's own message is only "client error (Connect)").
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// A UUID (v4) naming one logical request across its retries.
+fn request_key() -> String {
+    let b: [u8; 16] = rand::random();
+    let hex = hex_string(&b);
+    format!(
+        "{}-{}-4{}-{:x}{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[13..16],
+        8 | (b[8] >> 4) & 0x3,
+        &hex[17..20],
+        &hex[20..32]
+    )
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl Http {
-    /// A backend for a server at `api_url` (`http://…`) with a secret key (`tr_dev_…`). The
-    /// project ref (`proj_…`) is needed to register a worker.
+    /// A backend for a server at `api_url` with a secret key (`tr_dev_…`). The project ref
+    /// (`proj_…`) is needed to register a worker. `https://` URLs need the `tls` feature.
     pub fn new(api_url: &str, secret_key: &str, project_ref: Option<String>) -> Result<Http> {
-        if !api_url.starts_with("http://") {
-            return Err(Error::Protocol(format!("only http:// URLs are supported, got {api_url:?}")));
+        Http::with_options(api_url, secret_key, project_ref, HttpOptions::default())
+    }
+
+    /// [`Http::new`] with options: the retry policy, extra trusted certificates.
+    pub fn with_options(
+        api_url: &str,
+        secret_key: &str,
+        project_ref: Option<String>,
+        options: HttpOptions,
+    ) -> Result<Http> {
+        let https = api_url.starts_with("https://");
+        if !https && !api_url.starts_with("http://") {
+            return Err(Error::Protocol(format!(
+                "the API URL must start with http:// or https://, got {api_url:?}"
+            )));
+        }
+        if https && !cfg!(feature = "tls") {
+            return Err(Error::Protocol(format!(
+                "{api_url:?} is an https:// URL: enable the `tls` feature of trigger-sdk \
+                 (trigger-sdk = {{ version = \"…\", features = [\"tls\"] }})"
+            )));
         }
         Ok(Http {
             inner: Arc::new(Inner {
                 base: api_url.trim_end_matches('/').to_string(),
                 key: secret_key.to_string(),
                 project_ref,
-                client: Client::builder(TokioExecutor::new()).build_http(),
+                client: client(&options)?,
+                retry: options.retry,
                 changes: Mutex::new(None),
                 env_id: Mutex::new(None),
             }),
         })
     }
 
-    /// From `TRIGGER_API_URL`, `TRIGGER_SECRET_KEY` and `TRIGGER_PROJECT_REF`.
+    /// From `TRIGGER_API_URL` (default `http://localhost:3030`), `TRIGGER_SECRET_KEY` and
+    /// `TRIGGER_PROJECT_REF`.
     pub fn from_env() -> Result<Http> {
         let url = std::env::var("TRIGGER_API_URL").unwrap_or_else(|_| "http://localhost:3030".into());
         let key = std::env::var("TRIGGER_SECRET_KEY")
@@ -78,61 +192,103 @@ impl Http {
         Http::new(&url, &key, std::env::var("TRIGGER_PROJECT_REF").ok())
     }
 
-    async fn send(&self, method: Method, path: &str, body: Option<(String, &str)>) -> Result<Value> {
-        self.send_as(method, path, body, None).await
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(String, &str)>,
+        replay: Replay,
+    ) -> Result<Value> {
+        self.send_as(method, path, body, None, replay).await
     }
 
+    /// Sends a request, retrying as the policy and `replay` allow.
     async fn send_as(
         &self,
         method: Method,
         path: &str,
         body: Option<(String, &str)>,
         instance: Option<&str>,
+        replay: Replay,
     ) -> Result<Value> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{}{}", self.inner.base, path))
-            .header("authorization", format!("Bearer {}", self.inner.key))
-            .header("x-trigger-api-version", "2025-07-16")
-            .header("accept", "application/json");
-        if let Some(instance) = instance {
-            req = req.header("x-trigger-worker-instance", instance);
-        }
-        let body = match body {
-            Some((text, content_type)) => {
-                req = req.header("content-type", content_type);
-                Full::new(Bytes::from(text))
+        let body = body.map(|(text, content_type)| (Bytes::from(text), content_type.to_string()));
+        let key = request_key();
+        let policy = &self.inner.retry;
+        let max_attempts = policy.max_attempts.max(1);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let last = attempt >= max_attempts;
+            let mut req = Request::builder()
+                .method(method.clone())
+                .uri(format!("{}{}", self.inner.base, path))
+                .header("authorization", format!("Bearer {}", self.inner.key))
+                .header("x-trigger-api-version", "2025-07-16")
+                .header("accept", "application/json");
+            if method != Method::GET {
+                req = req.header(REQUEST_KEY, key.as_str());
             }
-            None => Full::new(Bytes::new()),
-        };
-        let req = req.body(body).map_err(|e| Error::Protocol(e.to_string()))?;
-        let response =
-            self.inner.client.request(req).await.map_err(|e| Error::Protocol(format!("{path}: {e}")))?;
-        let status = response.status();
-        let bytes =
-            response.into_body().collect().await.map_err(|e| Error::Protocol(e.to_string()))?.to_bytes();
-        let value: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes)? };
-        if status.is_success() {
-            return Ok(value);
-        }
-        let message = value.get("error").and_then(Value::as_str).unwrap_or("request failed").to_string();
-        Err(match status {
-            StatusCode::NOT_FOUND => trigger_engine::Error::NotFound(message).into(),
-            StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST => {
-                trigger_engine::Error::Invalid(message).into()
+            if let Some(instance) = instance {
+                req = req.header("x-trigger-worker-instance", instance);
             }
-            StatusCode::PAYLOAD_TOO_LARGE => trigger_engine::Error::TooLarge(message).into(),
-            StatusCode::CONFLICT => trigger_engine::Error::InvalidState(message).into(),
-            other => Error::Protocol(format!("{path}: HTTP {other}: {message}")),
-        })
+            let payload = match &body {
+                Some((bytes, content_type)) => {
+                    req = req.header("content-type", content_type.as_str());
+                    Full::new(bytes.clone())
+                }
+                None => Full::new(Bytes::new()),
+            };
+            let req = req.body(payload).map_err(|e| Error::Protocol(e.to_string()))?;
+            let failed = |what: String| {
+                let tries = if attempt > 1 { format!(" (after {attempt} attempts)") } else { String::new() };
+                Error::Protocol(format!("{path}: {what}{tries}"))
+            };
+            let response = match self.inner.client.request(req).await {
+                Ok(response) => response,
+                Err(e) => {
+                    // A connection that never opened carried nothing to the server.
+                    if last || !(e.is_connect() || replay == Replay::Safe) {
+                        return Err(failed(with_causes(&e)));
+                    }
+                    self.pause(path, attempt, None, &with_causes(&e)).await;
+                    continue;
+                }
+            };
+            let status = response.status();
+            let headers = response.headers().clone();
+            let bytes = match response.into_body().collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) => {
+                    if last || replay != Replay::Safe {
+                        return Err(failed(format!("reading the answer: {e}")));
+                    }
+                    self.pause(path, attempt, None, &e.to_string()).await;
+                    continue;
+                }
+            };
+            let final_conflict = replay == Replay::Fenced && status == StatusCode::CONFLICT;
+            if !status.is_success() && !last && !final_conflict && retry::retryable_status(status, &headers) {
+                self.pause(path, attempt, Some((status, &headers)), status.as_str()).await;
+                continue;
+            }
+            return answer(path, status, &bytes, attempt);
+        }
+    }
+
+    /// Waits before retry number `attempt`.
+    async fn pause(&self, path: &str, attempt: u32, answer: Option<(StatusCode, &HeaderMap)>, why: &str) {
+        let delay =
+            retry::delay(&self.inner.retry, attempt, answer, SystemTime::now(), rand::random::<f64>());
+        tracing::debug!(target: "trigger_sdk::http", path, attempt, ?delay, why, "retrying");
+        tokio::time::sleep(delay).await;
     }
 
     async fn get(&self, path: &str) -> Result<Value> {
-        self.send(Method::GET, path, None).await
+        self.send(Method::GET, path, None, Replay::Safe).await
     }
 
-    async fn post(&self, path: &str, body: Value) -> Result<Value> {
-        self.send(Method::POST, path, Some((body.to_string(), "application/json"))).await
+    async fn post(&self, path: &str, body: Value, replay: Replay) -> Result<Value> {
+        self.send(Method::POST, path, Some((body.to_string(), "application/json")), replay).await
     }
 
     /// Reads the push channel into `tx`, reconnecting after errors, while anyone listens.
@@ -166,6 +322,35 @@ impl Http {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
+}
+
+/// The header that names one logical request across its retries (the server answers a
+/// repeated trigger or batch with the first answer).
+const REQUEST_KEY: &str = "x-trigger-request-idempotency-key";
+
+/// A final answer: its JSON, or the error its status means.
+fn answer(path: &str, status: StatusCode, bytes: &[u8], attempts: u32) -> Result<Value> {
+    if status.is_success() {
+        return Ok(if bytes.is_empty() { Value::Null } else { serde_json::from_slice(bytes)? });
+    }
+    let value: Option<Value> = serde_json::from_slice(bytes).ok();
+    let message = match value.as_ref().and_then(|v| v.get("error")).and_then(Value::as_str) {
+        Some(m) => m.to_string(),
+        None if bytes.is_empty() => "request failed".to_string(),
+        None => String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
+    };
+    Err(match status {
+        StatusCode::NOT_FOUND => trigger_engine::Error::NotFound(message).into(),
+        StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST => {
+            trigger_engine::Error::Invalid(message).into()
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => trigger_engine::Error::TooLarge(message).into(),
+        StatusCode::CONFLICT => trigger_engine::Error::InvalidState(message).into(),
+        other => {
+            let tries = if attempts > 1 { format!(" (after {attempts} attempts)") } else { String::new() };
+            Error::Protocol(format!("{path}: HTTP {other}: {message}{tries}"))
+        }
+    })
 }
 
 fn parse_event(event: &str) -> Option<RunChange> {
@@ -464,7 +649,11 @@ impl Backend for Http {
                 "queues": queues,
             }});
             let v = self
-                .post(&format!("/api/v1/projects/{}/background-workers", path_id(&project)), body)
+                .post(
+                    &format!("/api/v1/projects/{}/background-workers", path_id(&project)),
+                    body,
+                    Replay::Unsafe,
+                )
                 .await?;
             Ok(WorkerVersion {
                 id: str_of(&v["id"]),
@@ -494,6 +683,7 @@ impl Backend for Http {
                     "/engine/v1/dev/dequeue",
                     Some((body.to_string(), "application/json")),
                     Some(&request.worker_instance),
+                    Replay::Unsafe,
                 )
                 .await?;
             let messages = v["dequeuedMessages"].as_array().cloned().unwrap_or_default();
@@ -534,7 +724,7 @@ impl Backend for Http {
             path_id(snapshot_id)
         );
         Box::pin(async move {
-            let v = self.post(&path, json!({})).await?;
+            let v = self.post(&path, json!({}), Replay::Fenced).await?;
             let e = &v["execution"];
             let r = &e["run"];
             let mut run = blank_run(str_of(&r["id"]), str_of(&e["task"]["id"]));
@@ -638,7 +828,7 @@ impl Backend for Http {
             if let Some(m) = metadata {
                 c["metadata"] = serde_json::to_value(m)?;
             }
-            let v = self.post(&path, json!({ "completion": c })).await?;
+            let v = self.post(&path, json!({ "completion": c }), Replay::Fenced).await?;
             let result = &v["result"];
             let mut run = blank_run(str_of(&result["run"]["id"]), String::new());
             run.status = db_status(result["run"]["status"].as_str().unwrap_or(""));
@@ -658,13 +848,13 @@ impl Backend for Http {
     fn heartbeat(&self, run_id: &str, snapshot_id: &str) -> BoxFuture<'_, Result<()>> {
         let path =
             format!("/engine/v1/dev/runs/{}/snapshots/{}/heartbeat", path_id(run_id), path_id(snapshot_id));
-        Box::pin(async move { self.post(&path, json!({})).await.map(|_| ()) })
+        Box::pin(async move { self.post(&path, json!({}), Replay::Fenced).await.map(|_| ()) })
     }
 
     fn release_run(&self, run_id: &str, snapshot_id: &str) -> BoxFuture<'_, Result<()>> {
         let path =
             format!("/engine/v1/dev/runs/{}/snapshots/{}/release", path_id(run_id), path_id(snapshot_id));
-        Box::pin(async move { self.post(&path, json!({})).await.map(|_| ()) })
+        Box::pin(async move { self.post(&path, json!({}), Replay::Fenced).await.map(|_| ()) })
     }
 
     fn latest_snapshot(&self, run_id: &str) -> BoxFuture<'_, Result<(Run, Snapshot)>> {
@@ -701,7 +891,9 @@ impl Backend for Http {
     fn trigger(&self, request: TriggerRequest) -> BoxFuture<'_, Result<Triggered>> {
         Box::pin(async move {
             let body = trigger_body(&request, self.now());
-            let v = self.post(&format!("/api/v1/tasks/{}/trigger", path_id(&request.task)), body).await?;
+            let v = self
+                .post(&format!("/api/v1/tasks/{}/trigger", path_id(&request.task)), body, Replay::Safe)
+                .await?;
             let mut run = blank_run(str_of(&v["id"]), request.task.clone());
             run.parent_run_id = request.options.parent_run_id.clone();
             Ok(Triggered { run, is_cached: v["isCached"].as_bool().unwrap_or(false) })
@@ -716,7 +908,7 @@ impl Backend for Http {
                 "resumeParentOnCompletion": request.resume_parent_on_completion,
                 "idempotencyKey": request.idempotency_key,
             });
-            let v = self.post("/api/v3/batches", body).await?;
+            let v = self.post("/api/v3/batches", body, Replay::Safe).await?;
             Ok((
                 Batch {
                     id: str_of(&v["id"]),
@@ -755,7 +947,8 @@ impl Backend for Http {
                     format!("{line}\n")
                 })
                 .collect();
-            let v = self.send(Method::POST, &path, Some((lines, "application/x-ndjson"))).await?;
+            let v =
+                self.send(Method::POST, &path, Some((lines, "application/x-ndjson")), Replay::Safe).await?;
             let accepted = v["itemsAccepted"].as_u64().unwrap_or(items.len() as u64) as u32;
             let (batch, _) = self.create_batch_stub(&v, &path);
             Ok(ItemsAdded {
@@ -777,13 +970,15 @@ impl Backend for Http {
         let path = format!("/engine/v1/runs/{}/wait/duration", path_id(run_id));
         Box::pin(async move {
             let mut body = json!({ "date": trigger_engine::iso8601(until) });
+            // Without a key a repeat would block the run on a second waitpoint.
+            let replay = if idempotency_key.is_some() { Replay::Safe } else { Replay::Unsafe };
             if let Some(key) = idempotency_key {
                 body["idempotencyKey"] = json!(key);
             }
             if let Some(ttl) = idempotency_key_ttl_ms {
                 body["idempotencyKeyTTL"] = json!(ttl_string(ttl));
             }
-            let v = self.post(&path, body).await?;
+            let v = self.post(&path, body, replay).await?;
             let mut wp = token(&Value::Null, v["waitpoint"]["id"].as_str());
             wp.kind = WaitpointType::DateTime;
             wp.completed_after = Some(until);
@@ -794,6 +989,7 @@ impl Backend for Http {
     fn create_token(&self, options: TokenOptions) -> BoxFuture<'_, Result<(Waitpoint, bool)>> {
         Box::pin(async move {
             let mut body = json!({ "tags": options.tags });
+            let replay = if options.idempotency_key.is_some() { Replay::Safe } else { Replay::Unsafe };
             if let Some(at) = options.timeout_at {
                 body["timeout"] = json!(trigger_engine::iso8601(at));
             }
@@ -803,7 +999,7 @@ impl Backend for Http {
             if let Some(ttl) = options.idempotency_key_ttl_ms {
                 body["idempotencyKeyTTL"] = json!(ttl_string(ttl));
             }
-            let v = self.post("/api/v1/waitpoints/tokens", body).await?;
+            let v = self.post("/api/v1/waitpoints/tokens", body, replay).await?;
             Ok((token(&v, None), v["isCached"].as_bool().unwrap_or(false)))
         })
     }
@@ -818,7 +1014,7 @@ impl Backend for Http {
             format!("/engine/v1/runs/{}/waitpoints/tokens/{}/wait", path_id(run_id), path_id(token_id));
         let id = token_id.to_string();
         Box::pin(async move {
-            self.post(&path, json!({})).await?;
+            self.post(&path, json!({}), Replay::Unsafe).await?;
             Ok(token(&Value::Null, Some(&id)))
         })
     }
@@ -829,7 +1025,7 @@ impl Backend for Http {
         Box::pin(async move {
             let data: Value =
                 data.data.as_deref().map(serde_json::from_str).transpose()?.unwrap_or(Value::Null);
-            self.post(&path, json!({ "data": data })).await?;
+            self.post(&path, json!({ "data": data }), Replay::Safe).await?;
             Ok(token(&json!({ "status": "COMPLETED" }), Some(&id)))
         })
     }
@@ -843,7 +1039,7 @@ impl Backend for Http {
         let path = format!("/api/v1/runs/{}/metadata", path_id(run_id));
         Box::pin(async move {
             let body = serde_json::to_string(&update)?;
-            let v = self.send(Method::PUT, &path, Some((body, "application/json"))).await?;
+            let v = self.send(Method::PUT, &path, Some((body, "application/json")), Replay::Unsafe).await?;
             Ok(v["metadata"].clone())
         })
     }
@@ -879,7 +1075,7 @@ impl Backend for Http {
                 })
                 .collect();
             let body = json!({ "resourceLogs": [{ "scopeLogs": [{ "logRecords": records }] }] });
-            self.post("/otel/v1/logs", body).await.map(|_| ())
+            self.post("/otel/v1/logs", body, Replay::Unsafe).await.map(|_| ())
         })
     }
 
@@ -943,7 +1139,7 @@ impl Backend for Http {
         let path = format!("/api/v2/runs/{}/cancel", path_id(run_id));
         let id = run_id.to_string();
         Box::pin(async move {
-            self.post(&path, json!({})).await?;
+            self.post(&path, json!({}), Replay::Safe).await?;
             Ok(self.get_run(&id).await?.run)
         })
     }
@@ -951,7 +1147,7 @@ impl Backend for Http {
     fn replay(&self, run_id: &str, _overrides: ReplayOverrides) -> BoxFuture<'_, Result<Triggered>> {
         let path = format!("/api/v1/runs/{}/replay", path_id(run_id));
         Box::pin(async move {
-            let v = self.post(&path, json!({})).await?;
+            let v = self.post(&path, json!({}), Replay::Unsafe).await?;
             Ok(Triggered { run: blank_run(str_of(&v["id"]), String::new()), is_cached: false })
         })
     }
@@ -959,7 +1155,9 @@ impl Backend for Http {
     fn reschedule(&self, run_id: &str, delay_until: Millis) -> BoxFuture<'_, Result<Run>> {
         let path = format!("/api/v1/runs/{}/reschedule", path_id(run_id));
         Box::pin(async move {
-            let v = self.post(&path, json!({ "delay": trigger_engine::iso8601(delay_until) })).await?;
+            let v = self
+                .post(&path, json!({ "delay": trigger_engine::iso8601(delay_until) }), Replay::Safe)
+                .await?;
             let mut run = blank_run(str_of(&v["id"]), str_of(&v["taskIdentifier"]));
             run.status = v["status"].as_str().and_then(RunStatus::parse).unwrap_or(RunStatus::Delayed);
             run.delay_until = Some(delay_until);

@@ -23,9 +23,11 @@ use crate::error::Result;
 
 mod embedded;
 mod http;
+mod retry;
 
 pub use embedded::Embedded;
-pub use http::Http;
+pub use http::{Http, HttpOptions};
+pub use retry::RequestRetry;
 
 /// A boxed, sendable future (what [`Backend`] methods return).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
