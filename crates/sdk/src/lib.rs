@@ -88,8 +88,9 @@
 //!   for a string) is decoded to the plain JSON a serde type expects; see
 //!   [`trigger_types::superjson`] for the mapping (a `Date` arrives as its ISO string, a
 //!   `BigInt` as a number, a `Map` as an object, an `undefined` field is absent). Values the
-//!   TS SDK offloaded to object storage (`application/store`, 128 KB and more) are not
-//!   fetched yet and fail the run with `TASK_INPUT_ERROR`.
+//!   TS SDK offloaded to object storage (`application/store`, 128 KB and more) are fetched
+//!   from the server first. The Rust SDK itself never offloads: it sends values inline (up
+//!   to the server's limits of 3 MiB for a payload and 10 MiB for an output).
 //! - Hooks are set once per task (one closure per kind); global hooks receive JSON.
 //! - `on_success`, `on_failure`, `on_complete` and `cleanup` run after the middleware chain
 //!   has returned; v4 runs them inside it, before the innermost `next()` returns.

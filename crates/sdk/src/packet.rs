@@ -22,7 +22,7 @@ pub(crate) fn to_json(data: Option<&str>, data_type: &str) -> Result<Value, Stri
         SUPER_JSON => trigger_types::superjson::to_json(data).map_err(|e| e.to_string()),
         TEXT => Ok(Value::String(data.to_string())),
         STORE => Err(format!(
-            "the value was offloaded to object storage ({STORE}, path {data:?}), which this SDK does not fetch yet"
+            "the value was offloaded to object storage ({STORE}, path {data:?}) and not fetched: only the HTTP backend can"
         )),
         t if t.is_empty() || t.contains("json") => {
             serde_json::from_str(data).map_err(|e| format!("not JSON: {e}"))

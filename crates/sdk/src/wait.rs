@@ -98,12 +98,19 @@ where
     outcome?;
     let snapshots = scope.backend.snapshots_since(&run_id, Some(&before)).await?;
     let mut seen = HashSet::new();
-    let completed: Vec<CompletedWaitpoint> = snapshots
+    let mut completed: Vec<CompletedWaitpoint> = snapshots
         .into_iter()
         .flat_map(|s| s.completed_waitpoints)
         .filter(|wp| seen.insert(wp.id.clone()))
         .collect();
     scope.lease.resume().await;
+    // A TS child's output of 128 KB or more was offloaded: fetch it.
+    for wp in completed.iter_mut().filter(|wp| wp.output_type == "application/store") {
+        let packet = Packet { data: wp.output.take(), data_type: wp.output_type.clone() };
+        let packet = scope.backend.import_packet(packet).await?;
+        wp.output = packet.data;
+        wp.output_type = packet.data_type;
+    }
     if let Some(hook) = &hook {
         hook(info, true).await;
     }

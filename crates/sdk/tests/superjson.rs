@@ -205,3 +205,87 @@ async fn over_http_a_typescript_trigger_reaches_a_rust_worker_as_plain_json() {
     assert_eq!(payload["byName"]["x"], 1);
     worker.shutdown().await.unwrap();
 }
+
+/// PUTs (or GETs) with the hyper client the SDK itself uses.
+async fn http(method: &str, url: &str, key: Option<&str>, content_type: &str, body: String) -> (u16, String) {
+    use http_body_util::{BodyExt, Full};
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let mut req = hyper::Request::builder().method(method).uri(url).header("content-type", content_type);
+    if let Some(key) = key {
+        req = req.header("authorization", format!("Bearer {key}"));
+    }
+    let response = client.request(req.body(Full::new(bytes::Bytes::from(body))).unwrap()).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Big {
+    at: String,
+    n: u64,
+    lines: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_offloaded_payload_is_fetched_before_the_task_runs() {
+    let server =
+        serve(ServeOptions { database: Database::Memory, port: 0, ..ServeOptions::default() }).await.unwrap();
+    let key = server.bootstrap().dev_key.clone().unwrap();
+    let project = server.bootstrap().tenancy.project.external_ref.clone();
+    let backend = Http::new(server.base_url(), &key, Some(project)).unwrap();
+    let big = task::<Big, Value>("ts-big").run(|big, _| async move {
+        Ok::<_, TaskError>(
+            json!({ "at": big.at, "n": big.n, "lines": big.lines.len(), "last": big.lines.last() }),
+        )
+    });
+    let worker = Worker::builder().backend(backend.clone()).task(big).build().unwrap().start().await.unwrap();
+
+    // What the TS SDK does with a payload of 128 KB or more: ask for an upload URL, PUT the
+    // SuperJSON there, and trigger with the storage path as an `application/store` payload.
+    let lines: Vec<String> = (0..2000).map(|i| format!("{i:04}-{}", "x".repeat(95))).collect();
+    let superjson = json!({
+        "json": { "at": "2024-05-06T07:08:09.000Z", "n": "123", "lines": lines },
+        "meta": { "values": { "at": ["Date"], "n": ["bigint"] } },
+    })
+    .to_string();
+    assert!(superjson.len() > 128 * 1024);
+    let base = server.base_url().trim_end_matches('/').to_string();
+    let (status, body) = http(
+        "PUT",
+        &format!("{base}/api/v2/packets/batch_x/0/payload.json"),
+        Some(&key),
+        "application/json",
+        String::new(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let upload: Value = serde_json::from_str(&body).unwrap();
+    let (status, body) =
+        http("PUT", upload["presignedUrl"].as_str().unwrap(), None, SUPER_JSON, superjson).await;
+    assert_eq!(status, 200, "{body}");
+    let request = TriggerRequest {
+        task: "ts-big".into(),
+        payload: Packet {
+            data: Some(upload["storagePath"].as_str().unwrap().into()),
+            data_type: "application/store".into(),
+        },
+        options: EngineOptions::default(),
+    };
+    let run = backend.trigger(request).await.unwrap().run;
+
+    trigger_sdk::configure(backend.clone());
+    let details = runs::poll(&run.id, Duration::from_millis(50)).await.unwrap();
+    assert_eq!(details.run.status, RunStatus::Completed, "{:?}", details.run.error);
+    let out: Value = serde_json::from_str(details.output.unwrap().data.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        out,
+        json!({ "at": "2024-05-06T07:08:09.000Z", "n": 123, "lines": 2000, "last": format!("1999-{}", "x".repeat(95)) })
+    );
+    // runs::retrieve fetches the offloaded payload too, and decodes it.
+    let payload: Value = serde_json::from_str(details.payload.data.as_deref().unwrap()).unwrap();
+    assert_eq!(payload["n"], 123);
+    assert_eq!(payload["lines"].as_array().unwrap().len(), 2000);
+    worker.shutdown().await.unwrap();
+}

@@ -328,6 +328,9 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     fn get_run(&self, run_id: &str) -> BoxFuture<'_, Result<RunDetails>> {
         (**self).get_run(run_id)
     }
+    fn import_packet(&self, packet: Packet) -> BoxFuture<'_, Result<Packet>> {
+        (**self).import_packet(packet)
+    }
     fn list_runs(&self, filter: RunFilter, page: Page) -> BoxFuture<'_, Result<Vec<Run>>> {
         (**self).list_runs(filter, page)
     }

@@ -275,6 +275,56 @@ impl Http {
         }
     }
 
+    /// GETs an absolute URL (a signed packet URL, which needs no key): its content type and
+    /// bytes, retried as the policy allows.
+    async fn fetch(&self, url: &str) -> Result<(String, Bytes)> {
+        let max_attempts = self.inner.retry.max_attempts.max(1);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let last = attempt >= max_attempts;
+            let req = Request::builder()
+                .uri(url)
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| Error::Protocol(format!("packet URL {url:?}: {e}")))?;
+            let failed = |what: String| Error::Protocol(format!("fetching an offloaded packet: {what}"));
+            let response = match self.inner.client.request(req).await {
+                Ok(r) => r,
+                Err(e) if last => return Err(failed(with_causes(&e))),
+                Err(e) => {
+                    self.pause("packet", attempt, None, &with_causes(&e)).await;
+                    continue;
+                }
+            };
+            let (status, headers) = (response.status(), response.headers().clone());
+            let bytes = match response.into_body().collect().await {
+                Ok(c) => c.to_bytes(),
+                Err(e) if last => return Err(failed(e.to_string())),
+                Err(e) => {
+                    self.pause("packet", attempt, None, &e.to_string()).await;
+                    continue;
+                }
+            };
+            if status.is_success() {
+                let content_type =
+                    headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+                return Ok((content_type.to_string(), bytes));
+            }
+            if last || !retry::retryable_status(status, &headers) {
+                return Err(failed(format!("HTTP {status}")));
+            }
+            self.pause("packet", attempt, Some((status, &headers)), status.as_str()).await;
+        }
+    }
+
+    /// A packet fetched from a signed URL.
+    async fn packet_at(&self, url: &str) -> Result<Packet> {
+        let (data_type, bytes) = self.fetch(url).await?;
+        let data = String::from_utf8(bytes.to_vec())
+            .map_err(|_| Error::Protocol("an offloaded packet is not UTF-8 text".into()))?;
+        Ok(Packet { data: Some(data), data_type })
+    }
+
     /// Waits before retry number `attempt`.
     async fn pause(&self, path: &str, attempt: u32, answer: Option<(StatusCode, &HeaderMap)>, why: &str) {
         let delay =
@@ -600,6 +650,19 @@ fn token(v: &Value, id: Option<&str>) -> Waitpoint {
         created_at: 0,
         completed_at: None,
     }
+}
+
+/// A storage path for a URL: its `/` kept, anything else outside the unreserved set
+/// percent-encoded.
+fn packet_path(path: &str) -> String {
+    path.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 fn path_id(id: &str) -> String {
@@ -1097,8 +1160,30 @@ impl Backend for Http {
                 stack_trace: str_of(&e["stackTrace"]),
                 causes: None,
             });
-            let output = v.get("output").map(packet_of);
-            Ok(RunDetails { run, payload: packet_of(&v["payload"]), output })
+            // Offloaded values come as signed URLs instead.
+            let payload = match v["payloadPresignedUrl"].as_str() {
+                Some(url) => self.packet_at(url).await?,
+                None => packet_of(&v["payload"]),
+            };
+            let output = match v["outputPresignedUrl"].as_str() {
+                Some(url) => Some(self.packet_at(url).await?),
+                None => v.get("output").map(packet_of),
+            };
+            Ok(RunDetails { run, payload, output })
+        })
+    }
+
+    fn import_packet(&self, packet: Packet) -> BoxFuture<'_, Result<Packet>> {
+        Box::pin(async move {
+            if packet.data_type != "application/store" {
+                return Ok(packet);
+            }
+            let path = packet.data.unwrap_or_default();
+            let v = self.get(&format!("/api/v1/packets/{}", packet_path(&path))).await?;
+            let url = v["presignedUrl"]
+                .as_str()
+                .ok_or_else(|| Error::Protocol(format!("no download URL for the packet {path:?}")))?;
+            self.packet_at(url).await
         })
     }
 

@@ -102,6 +102,12 @@ pub trait Backend: Send + Sync + 'static {
 
     /// A run with its payload and output.
     fn get_run(&self, run_id: &str) -> BoxFuture<'_, Result<RunDetails>>;
+    /// A packet with its data at hand: one the TypeScript SDK offloaded to object storage
+    /// (`application/store`, 128 KB and more) is fetched, with its stored content type;
+    /// others come back as they are (the default).
+    fn import_packet(&self, packet: Packet) -> BoxFuture<'_, Result<Packet>> {
+        Box::pin(async move { Ok(packet) })
+    }
     /// Runs of the environment, newest first (`filter.env_id` is filled in).
     fn list_runs(&self, filter: RunFilter, page: Page) -> BoxFuture<'_, Result<Vec<Run>>>;
     /// Cancels a run and its unfinished children.

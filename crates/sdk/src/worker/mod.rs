@@ -576,9 +576,18 @@ async fn attempt(
             }
         }
     });
+    // An offloaded payload (128 KB and more from the TS SDK) is fetched first.
+    let payload = match inner.backend.import_packet(started.payload.clone()).await {
+        Ok(p) => p,
+        Err(e) => {
+            flusher.abort();
+            let error = TaskRunError::internal(InternalErrorCode::TaskInputError, format!("payload: {e}"));
+            return (Completion::failure(error), None);
+        }
+    };
     let backend = inner.backend.clone();
     let input = ExecInput {
-        payload: started.payload.clone(),
+        payload,
         ctx,
         globals: inner.globals.clone(),
         now: Arc::new(move || backend.now()),
