@@ -34,7 +34,7 @@ pub mod workloads;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use report::Report;
+pub use report::{markdown_tables, Report};
 pub use stats::Percentiles;
 pub use target::Target;
 pub use worker::process::{parse_task, run_worker_process, WorkerArgs};

@@ -56,3 +56,122 @@ fn number(v: &Value) -> String {
         _ => v.to_string(),
     }
 }
+
+/// The figures `docs/benchmarks.md` shows for each workload (paths into `metrics`).
+const COLUMNS: &[(&str, &[&str])] = &[
+    ("w1-burn-down", &["runs", "trigger_runs_per_s", "drain_runs_per_s", "total_runs_per_s"]),
+    (
+        "w2-sustained",
+        &[
+            "offered_runs_per_s",
+            "achieved_offered_runs_per_s",
+            "trigger_to_start.p50_ms",
+            "trigger_to_start.p95_ms",
+            "trigger_to_start.p99_ms",
+            "trigger_to_finish.p50_ms",
+            "trigger_to_finish.p95_ms",
+            "trigger_to_finish.p99_ms",
+            "backlog_max",
+            "backlog_slope_runs_per_s",
+            "backlog_flat",
+        ],
+    ),
+    (
+        "w3-latency",
+        &[
+            "runs",
+            "trigger_to_start.p50_ms",
+            "trigger_to_start.p95_ms",
+            "trigger_to_start.p99_ms",
+            "trigger_to_completed.p50_ms",
+            "trigger_to_completed.p99_ms",
+        ],
+    ),
+    ("w4-fan-out", &["children", "parent_trigger_to_done_s"]),
+    (
+        "w5-waiting",
+        &[
+            "waiting_runs",
+            "rss_mb_server",
+            "rss_mb_worker",
+            "rss_mb_total",
+            "database_mb",
+            "idle_cpu_cores",
+            "drain_runs_per_s",
+        ],
+    ),
+    ("w6-delayed-herd", &["runs", "start_lateness.p50_ms", "start_lateness.p99_ms"]),
+    ("w7-fairness", &["flood_runs", "trickle_wait.p50_ms", "trickle_wait.p99_ms", "max_concurrent_runs"]),
+    (
+        "w8-footprint",
+        &[
+            "server",
+            "cold_start_ready_ms",
+            "restart_ready_ms",
+            "idle_rss_mb",
+            "queued_runs",
+            "queued_rss_mb",
+            "database_mb",
+        ],
+    ),
+];
+
+/// Markdown tables, one per workload, from reports printed with `--json` (as in
+/// `docs/benchmarks.md`): a row per report with its backend, mode and durability.
+pub fn markdown_tables(reports: &[Value]) -> String {
+    let mut out = String::new();
+    for (workload, columns) in COLUMNS {
+        let rows: Vec<&Value> = reports.iter().filter(|r| r["workload"] == *workload).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        out.push_str(&format!(
+            "**{workload}**\n\n| backend | mode | durability | {} |\n",
+            columns.join(" | ")
+        ));
+        out.push_str(&format!("|---|---|---|{}\n", "---|".repeat(columns.len())));
+        for r in rows {
+            let cells: Vec<String> = columns
+                .iter()
+                .map(|path| {
+                    let v = path.split('.').fold(&r["metrics"], |v, key| &v[key]);
+                    match v {
+                        Value::Null => "–".to_string(),
+                        Value::String(s) => s.clone(),
+                        v => number(v),
+                    }
+                })
+                .collect();
+            out.push_str(&format!(
+                "| {} | {} | {} | {} |\n",
+                r["backend"].as_str().unwrap_or(""),
+                r["mode"].as_str().unwrap_or(""),
+                r["durability"].as_str().unwrap_or(""),
+                cells.join(" | ")
+            ));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_render_as_rows_and_tables() {
+        let mut r = Report::new("w3-latency", "http", "postgres", "postgresql synchronous_commit=on".into());
+        r.metric("runs", 10).metric("trigger_to_start", json!({"p50_ms": 1.5, "p99_ms": 4.0}));
+        assert_eq!(
+            r.table_row(),
+            "| w3-latency | http | postgres | runs=10, trigger_to_start.p50_ms=1.50, trigger_to_start.p99_ms=4.0 |"
+        );
+        let tables = markdown_tables(&[r.to_json()]);
+        assert!(tables.starts_with("**w3-latency**\n"), "{tables}");
+        assert!(tables.contains(
+            "| postgres | http | postgresql synchronous_commit=on | 10 | 1.50 | – | 4.0 | – | – |"
+        ));
+        assert!(!tables.contains("w1-burn-down"));
+    }
+}

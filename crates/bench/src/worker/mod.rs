@@ -207,7 +207,10 @@ impl Worker {
         observed: Arc<Observed>,
     ) -> Worker {
         let (stop, stopped) = watch::channel(false);
-        let waiters = Waiters::start(&backend);
+        // Only runs that wait need pushed changes; a worker of no-op runs does not subscribe,
+        // so it does not pay for every run change of the environment.
+        let waits = behaviors.values().any(|b| matches!(b, Behavior::WaitOnToken | Behavior::FanOut(_)));
+        let waiters = if waits { Waiters::start(&backend) } else { Waiters::default() };
         let handle =
             tokio::spawn(run(backend, Arc::new(behaviors), capacity, observed.clone(), waiters, stopped));
         Worker { observed, stop, handle }

@@ -41,10 +41,13 @@ pub async fn run_worker_process(args: WorkerArgs) -> Result<(), Error> {
     let backend: SharedBackend = Arc::new(Http::new(&args.api_url, &args.secret_key, None)?);
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let observed = Arc::new(Observed::reporting_to(tx));
+    let waits = args.behaviors.values().any(|b| matches!(b, Behavior::WaitOnToken | Behavior::FanOut(_)));
     let _worker = Worker::spawn(backend, args.behaviors, args.capacity, observed);
-    // The change feed (SSE) connects in the background; a run that blocks before it is up
-    // would only be woken by the slow fallback.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    if waits {
+        // The change feed (SSE) connects in the background; a run that blocks before it is
+        // up would only be woken by the slow fallback.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let mut stdout = tokio::io::stdout();
     stdout.write_all(b"ready\n").await?;
     stdout.flush().await?;

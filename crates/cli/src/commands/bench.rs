@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use trigger_bench::{Database, Mode, Options, WorkerArgs, Workload};
 
 #[derive(clap::Args, Debug)]
@@ -55,6 +55,12 @@ enum Command {
     /// The bench's worker process in HTTP mode (started by `trigger bench`).
     #[command(hide = true)]
     Worker(WorkerCommand),
+    /// Markdown tables (as in docs/benchmarks.md) from files of `--json` output.
+    Tables {
+        /// Files with one JSON report per line.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -71,14 +77,30 @@ struct WorkerCommand {
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    if let Some(Command::Worker(w)) = args.command {
-        let args = WorkerArgs {
-            api_url: w.api_url,
-            secret_key: w.secret_key,
-            behaviors: w.tasks.into_iter().collect(),
-            capacity: w.capacity,
-        };
-        return Ok(trigger_bench::run_worker_process(args).await?);
+    match args.command {
+        Some(Command::Worker(w)) => {
+            let args = WorkerArgs {
+                api_url: w.api_url,
+                secret_key: w.secret_key,
+                behaviors: w.tasks.into_iter().collect(),
+                capacity: w.capacity,
+            };
+            return Ok(trigger_bench::run_worker_process(args).await?);
+        }
+        Some(Command::Tables { files }) => {
+            let mut reports = Vec::new();
+            for file in files {
+                let text =
+                    std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+                for line in text.lines().filter(|l| l.trim_start().starts_with('{')) {
+                    reports
+                        .push(serde_json::from_str(line).with_context(|| format!("in {}", file.display()))?);
+                }
+            }
+            print!("{}", trigger_bench::markdown_tables(&reports));
+            return Ok(());
+        }
+        None => {}
     }
     let mut options = if args.tiny { Options::tiny() } else { Options::full() };
     if let Some(scale) = args.scale {
