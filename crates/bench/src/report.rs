@@ -53,6 +53,7 @@ impl Report {
 fn number(v: &Value) -> String {
     match v.as_f64() {
         Some(f) if f.fract() != 0.0 => format!("{f:.2}"),
+        Some(f) if v.is_f64() && f.abs() < 1e15 => format!("{}", f as i64),
         _ => v.to_string(),
     }
 }
@@ -165,13 +166,12 @@ mod tests {
         r.metric("runs", 10).metric("trigger_to_start", json!({"p50_ms": 1.5, "p99_ms": 4.0}));
         assert_eq!(
             r.table_row(),
-            "| w3-latency | http | postgres | runs=10, trigger_to_start.p50_ms=1.50, trigger_to_start.p99_ms=4.0 |"
+            "| w3-latency | http | postgres | runs=10, trigger_to_start.p50_ms=1.50, trigger_to_start.p99_ms=4 |"
         );
         let tables = markdown_tables(&[r.to_json()]);
         assert!(tables.starts_with("**w3-latency**\n"), "{tables}");
-        assert!(tables.contains(
-            "| postgres | http | postgresql synchronous_commit=on | 10 | 1.50 | – | 4.0 | – | – |"
-        ));
+        assert!(tables
+            .contains("| postgres | http | postgresql synchronous_commit=on | 10 | 1.50 | – | 4 | – | – |"));
         assert!(!tables.contains("w1-burn-down"));
     }
 }

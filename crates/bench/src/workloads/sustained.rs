@@ -2,7 +2,8 @@
 //!
 //! The producer is open-loop: every 5 ms it sends the triggers the schedule says are due,
 //! without waiting for earlier ones, up to [`MAX_IN_FLIGHT`] unanswered at once (past that
-//! it falls behind, which the achieved offered rate shows). The backlog (runs whose
+//! it falls behind, which the achieved offered rate shows), and stops when the duration is
+//! up. The backlog (runs whose
 //! trigger was answered but that have not started) is sampled every 250 ms; a flat backlog
 //! means the system keeps up with the offered rate.
 
@@ -52,7 +53,8 @@ async fn at_rate(mode: Mode, options: &Options, rate: u32) -> Result<Report, Err
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_sample = Duration::ZERO;
     let mut sent = 0usize;
-    while sent < total {
+    // The producer stops when its time is up, whatever it managed to send.
+    while sent < total && start.elapsed() < options.sustain {
         ticker.tick().await;
         let elapsed = start.elapsed();
         let due = ((elapsed.as_secs_f64() * rate as f64) as usize).min(total);
@@ -80,10 +82,10 @@ async fn at_rate(mode: Mode, options: &Options, rate: u32) -> Result<Report, Err
             next_sample += SAMPLE_EVERY;
         }
     }
+    let producing = start.elapsed();
     while let Some(done) = triggers.join_next().await {
         done.map_err(|e| Error::Failed(e.to_string()))?;
     }
-    let producing = start.elapsed();
     let backlog_at_end = backlog().max(0);
 
     // Let the backlog drain, but not for ever when the rate was more than the system takes.
