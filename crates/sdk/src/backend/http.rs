@@ -82,6 +82,9 @@ enum Replay {
     Unsafe,
     /// A worker call on a snapshot: like `Unsafe`, and a 409 (a stale snapshot) is final.
     Fenced,
+    /// Sent once: the caller retries itself (a dequeue, which the worker loop repeats and
+    /// which must not hold up a shutdown while the server is away).
+    Never,
 }
 
 #[cfg(feature = "tls")]
@@ -214,7 +217,7 @@ impl Http {
         let body = body.map(|(text, content_type)| (Bytes::from(text), content_type.to_string()));
         let key = request_key();
         let policy = &self.inner.retry;
-        let max_attempts = policy.max_attempts.max(1);
+        let max_attempts = if replay == Replay::Never { 1 } else { policy.max_attempts.max(1) };
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -746,7 +749,7 @@ impl Backend for Http {
                     "/engine/v1/dev/dequeue",
                     Some((body.to_string(), "application/json")),
                     Some(&request.worker_instance),
-                    Replay::Unsafe,
+                    Replay::Never,
                 )
                 .await?;
             let messages = v["dequeuedMessages"].as_array().cloned().unwrap_or_default();

@@ -14,10 +14,11 @@ use hyper::{HeaderMap, StatusCode};
 /// Retrying is safe: a trigger or a batch carries `x-trigger-request-idempotency-key` (the
 /// same on every retry, and the server answers a repeat with the first answer), batch items
 /// are taken once per index, and worker calls name the snapshot they act on. A request
-/// that is not idempotent (metadata operations, log lines, a dequeue, a token without a
-/// key) is sent again only when it cannot have reached the server (the connection failed)
-/// or the server answered that it did nothing (an error status), never after a connection
-/// that broke while the answer was awaited.
+/// that is not idempotent (metadata operations, log lines, a token without a key) is sent
+/// again only when it cannot have reached the server (the connection failed) or the server
+/// answered that it did nothing (an error status), never after a connection that broke
+/// while the answer was awaited. The worker's dequeue is sent once: its loop asks again,
+/// and a shutdown is not held up by retries while the server is away.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequestRetry {
     /// Attempts in all, the first included (1 turns retrying off). Default 5.
