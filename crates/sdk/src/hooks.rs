@@ -5,12 +5,18 @@
 //!
 //! 1. middleware, global first (in registration order), then the task's own, each wrapping
 //!    the rest through [`Next::run`];
-//! 2. inside them: `on_start_attempt` (global, then task), `on_start` on the first attempt
-//!    only (global, then task), then `run`;
+//! 2. inside them (as v4's `executeTask`): `on_start_attempt` (global, then task), `on_start`
+//!    on the first attempt only (global, then task), then `run`;
 //! 3. on success: `on_success`, then `on_complete`;
-//!    on failure: `catch_error` (task, then global; the first non-default answer wins) and,
-//!    when no retry follows, `on_failure`, then `on_complete`;
-//! 4. `cleanup`, after every attempt that was not canceled or timed out.
+//!    on failure (an error or a panic in `run`, or a start hook's error): `catch_error`
+//!    (task, then global; the first non-default answer wins) and, when no retry follows,
+//!    `on_failure`, then `on_complete`;
+//! 4. `cleanup`, after every attempt that was not canceled or timed out;
+//!
+//! so a middleware's code after `next.run().await` sees all of them done, and what it set
+//! up (a connection in a local, say) is still there for them. A middleware that fails
+//! before calling `next`, or returns without calling it, fails the attempt; steps 3–4 then
+//! run outside it.
 //!
 //! Around every wait inside `run`: `on_wait` before the run blocks, `on_resume` once it
 //! continues. When the run is canceled while executing: `on_cancel`, instead of steps 3–4.

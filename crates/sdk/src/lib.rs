@@ -57,13 +57,13 @@
 //!   [`logger`], [`locals`], [`wait`], [`idempotency_keys`] and triggering find their run
 //!   without being handed it. Futures spawned with `tokio::spawn` from `run` leave that
 //!   scope.
-//! - **Attempt order**: global middleware, task middleware, `on_start_attempt`, `on_start`
-//!   (first attempt), `run` (with `on_wait`/`on_resume` around each wait); then
-//!   `on_success` and `on_complete`, or `catch_error` and (when no retry follows)
-//!   `on_failure` and `on_complete`; then `cleanup`; `on_cancel` instead when the run is
-//!   canceled. Global hooks ([`tasks::on_start`], [`tasks::cleanup`], [`tasks::on_wait`],
-//!   …) run before the task's own, as in v4; only `catch_error` asks the task first. See
-//!   [`hooks`].
+//! - **Attempt order**: global middleware, task middleware, and inside them
+//!   `on_start_attempt`, `on_start` (first attempt), `run` (with `on_wait`/`on_resume`
+//!   around each wait); then `on_success` and `on_complete`, or `catch_error` and (when no
+//!   retry follows) `on_failure` and `on_complete`; then `cleanup`; `on_cancel` instead
+//!   when the run is canceled. Global hooks ([`tasks::on_start`], [`tasks::cleanup`],
+//!   [`tasks::on_wait`], …) run before the task's own, as in v4; only `catch_error` asks the
+//!   task first. See [`hooks`].
 //! - **Retries.** The worker proposes the retry from the task's policy (`retry`, merged with
 //!   the run's `max_attempts`) and `catch_error`; the engine decides. A task without a
 //!   policy is not retried. A payload that does not deserialize into the task's type fails
@@ -92,8 +92,6 @@
 //!   from the server first. The Rust SDK itself never offloads: it sends values inline (up
 //!   to the server's limits of 3 MiB for a payload and 10 MiB for an output).
 //! - Hooks are set once per task (one closure per kind); global hooks receive JSON.
-//! - `on_success`, `on_failure`, `on_complete` and `cleanup` run after the middleware chain
-//!   has returned; v4 runs them inside it, before the innermost `next()` returns.
 //! - `max_duration` measures time inside the run future's `poll`, not process CPU time, so
 //!   an in-process `tokio::time::sleep` does not count (the TS SDK counts in-process waits
 //!   of 5 s or less).

@@ -490,12 +490,13 @@ where
         }
     }
 
-    // The core: start hooks, then `run`; its output lands in `slot`.
-    let slot: Arc<Mutex<Option<Result<O, TaskError>>>> = Arc::new(Mutex::new(None));
+    // The core, innermost in the middleware (as v4's executeTask): the start hooks, `run`,
+    // then the hooks that follow it and `cleanup`. Its completion lands in `slot`.
+    let slot: Arc<Mutex<Option<Completion>>> = Arc::new(Mutex::new(None));
     let core = {
         let (task, globals, payload, ctx, slot) =
             (task.clone(), globals.clone(), payload.clone(), ctx.clone(), slot.clone());
-        let raw = raw.clone();
+        let (raw, now) = (raw.clone(), now.clone());
         Box::new(move || -> BoxFuture<'static, Result<(), TaskError>> {
             Box::pin(async move {
                 let result = async {
@@ -507,11 +508,20 @@ where
                         call_all(hooks_of(&globals.on_start), &gargs, "onStart").await?;
                         call_all(task.hooks.on_start.clone(), &args, "onStart").await?;
                     }
-                    (task.run)((*payload).clone(), ctx.clone()).await
+                    CatchPanic((task.run)((*payload).clone(), ctx.clone())).await
                 }
                 .await;
+                if ctx.signal.is_cancelled() {
+                    // Canceled, out of compute time or handed back: none of the hooks that
+                    // follow `run` apply (the caller reports the attempt).
+                    return Err(TaskError::internal(
+                        InternalErrorCode::TaskExecutionAborted,
+                        "the attempt was aborted",
+                    ));
+                }
                 let out = result.as_ref().map(|_| ()).map_err(Clone::clone);
-                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+                let completion = settle(&task, &globals, &payload, &raw, &ctx, &*now, result).await;
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(completion);
                 out
             })
         })
@@ -536,13 +546,7 @@ where
     let chain_result: Result<(), TaskError> = match joined {
         Some(Ok(r)) => r,
         Some(Err(join)) if join.is_panic() => {
-            let panic = join.into_panic();
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(TaskError::panic(msg))
+            Err(TaskError::panic(panic_message(join.into_panic().as_ref())))
         }
         Some(Err(_)) => {
             Err(TaskError::internal(InternalErrorCode::TaskExecutionAborted, "the attempt was aborted"))
@@ -590,17 +594,47 @@ where
     }
 
     let taken = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-    let result: Result<O, TaskError> = match (taken, chain_result) {
-        (Some(Ok(_)), Err(e)) => Err(e),
-        (Some(r), _) => r,
-        (None, Err(e)) => Err(e),
-        (None, Ok(())) => Err(TaskError::internal(
-            InternalErrorCode::TaskMiddlewareError,
-            "a middleware returned without calling next.run()",
-        )),
+    let completion = match (taken, chain_result) {
+        // A middleware failed after a successful run: its error is the attempt's.
+        (Some(Completion::Success { .. }), Err(e)) => failure(e, None, 0),
+        (Some(completion), _) => completion,
+        // The core never finished: a middleware failed, panicked or skipped `next.run()`.
+        (None, result) => {
+            let error = result.err().unwrap_or_else(|| {
+                TaskError::internal(
+                    InternalErrorCode::TaskMiddlewareError,
+                    "a middleware returned without calling next.run()",
+                )
+            });
+            settle(&task, &globals, &payload, &raw, &ctx, &*now, Err::<O, _>(error)).await
+        }
     };
+    with_usage(completion, usage_ms)
+}
 
-    // Every hook kind below runs the global hooks first, then the task's own (as v4 does).
+fn with_usage(mut completion: Completion, usage: u64) -> Completion {
+    match &mut completion {
+        Completion::Success { usage_ms, .. } | Completion::Failure { usage_ms, .. } => *usage_ms = usage,
+    }
+    completion
+}
+
+/// What follows `run`: the output or the retry decision (`catch_error`), the hooks of the
+/// outcome, then `cleanup`. Each hook kind runs the global hooks first, then the task's own
+/// (as v4 does). The completion's usage is filled in later.
+async fn settle<P, O>(
+    task: &TaskInner<P, O>,
+    globals: &Globals,
+    payload: &Arc<P>,
+    raw: &Arc<Value>,
+    ctx: &Context,
+    now: &(dyn Fn() -> Millis + Send + Sync),
+    result: Result<O, TaskError>,
+) -> Completion
+where
+    P: Clone + Send + Sync + 'static,
+    O: Serialize + Send + Sync + 'static,
+{
     let cleanup = || async {
         let gargs = StartArgs { payload: raw.clone(), ctx: ctx.clone() };
         call_ignoring(hooks_of(&globals.cleanup), &gargs, "cleanup").await;
@@ -614,7 +648,7 @@ where
                 Err(e) => {
                     let e = TaskError::internal(InternalErrorCode::TaskOutputError, format!("output: {e}"));
                     cleanup().await;
-                    return failure(e, None, usage_ms);
+                    return failure(e, None, 0);
                 }
             };
             let output = Arc::new(output);
@@ -627,10 +661,10 @@ where
             call_ignoring(hooks_of(&globals.on_complete), &gargs, "onComplete").await;
             let args = CompleteArgs { payload: payload.clone(), result: Ok(output), ctx: ctx.clone() };
             call_ignoring(task.hooks.on_complete.clone(), &args, "onComplete").await;
-            Completion::Success { output: Packet::json(&value), usage_ms }
+            Completion::Success { output: Packet::json(&value), usage_ms: 0 }
         }
         Err(error) => {
-            let (error, retry) = decide_retry(&task, &globals, &payload, &raw, &ctx, error, &*now).await;
+            let (error, retry) = decide_retry(task, globals, payload, raw, ctx, error, now).await;
             if retry.is_none() {
                 let gargs = FailureArgs { payload: raw.clone(), error: error.clone(), ctx: ctx.clone() };
                 call_ignoring(hooks_of(&globals.on_failure), &gargs, "onFailure").await;
@@ -643,11 +677,38 @@ where
                     CompleteArgs { payload: payload.clone(), result: Err(error.clone()), ctx: ctx.clone() };
                 call_ignoring(task.hooks.on_complete.clone(), &args, "onComplete").await;
             }
-            failure(error, retry, usage_ms)
+            failure(error, retry, 0)
         }
     };
     cleanup().await;
     completion
+}
+
+/// Turns a panic while polling `run` into the attempt's error, so the hooks that follow
+/// `run` still run inside the middleware.
+struct CatchPanic<F>(F);
+
+impl<F, O> Future for CatchPanic<F>
+where
+    F: Future<Output = Result<O, TaskError>> + Unpin,
+{
+    type Output = Result<O, TaskError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(&mut *inner).poll(cx))) {
+            Ok(poll) => poll,
+            Err(panic) => Poll::Ready(Err(TaskError::panic(panic_message(panic.as_ref())))),
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// The retry policy's answer, then `catch_error` (task first, then global): the reported

@@ -1,6 +1,7 @@
 //! Global hooks (`tasks::on_*`, `tasks::cleanup`, `tasks::middleware`) run for every task,
 //! in v4's order: each kind's global hooks before the task's own, except `catch_error`,
-//! where the task is asked first. Its own test binary, since global hooks are per process.
+//! where the task is asked first; everything from the start hooks to `cleanup` runs inside
+//! the middleware. Its own test binary, since global hooks are per process.
 
 mod common;
 
@@ -167,14 +168,14 @@ async fn global_hooks_run_before_task_hooks_for_every_kind() {
             "t:wait",
             "g:resume",
             "t:resume",
-            "t:middleware:after",
-            "g:middleware:after",
             "g:success",
             "t:success",
             "g:complete",
             "t:complete",
             "g:cleanup",
             "t:cleanup",
+            "t:middleware:after",
+            "g:middleware:after",
         ]
     );
 
@@ -185,8 +186,6 @@ async fn global_hooks_run_before_task_hooks_for_every_kind() {
     assert_eq!(
         after_run,
         [
-            "t:middleware:after",
-            "g:middleware:after",
             "t:catchError",
             "g:catchError",
             "g:failure",
@@ -195,6 +194,8 @@ async fn global_hooks_run_before_task_hooks_for_every_kind() {
             "t:complete",
             "g:cleanup",
             "t:cleanup",
+            "t:middleware:after",
+            "g:middleware:after",
         ]
     );
 

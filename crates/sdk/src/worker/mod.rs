@@ -586,12 +586,8 @@ async fn attempt(
         }
     };
     let backend = inner.backend.clone();
-    let input = ExecInput {
-        payload,
-        ctx,
-        globals: inner.globals.clone(),
-        now: Arc::new(move || backend.now()),
-    };
+    let input =
+        ExecInput { payload, ctx, globals: inner.globals.clone(), now: Arc::new(move || backend.now()) };
     let executed = tokio::spawn(scope::enter(scope.clone(), task.execute(input))).await;
     // A flush in flight has taken its operations already: let it finish before stopping the
     // flusher, or they are lost (neither sent nor carried by the completion).
