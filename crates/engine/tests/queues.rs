@@ -282,6 +282,61 @@ async fn batch_trigger_and_wait_resumes_the_parent_with_every_result_by_index() 
     assert!(matches!(too_many, Err(Error::Invalid(_))));
 }
 
+async fn a_batch_parent_continues_only_when_its_last_child_finishes_even_with_shared_keys() {
+    let h = harness(vec![task("parent"), task("child")], vec![]).await;
+    let parent = h.trigger("parent").await;
+    h.claim_and_start(&parent.id).await;
+    let (batch, _) = h
+        .engine
+        .create_batch(
+            &h.env.id,
+            CreateBatch {
+                expected_count: 4,
+                parent_run_id: Some(parent.id.clone()),
+                resume_parent_on_completion: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    // Items 1 and 2 share an idempotency key: one run, two edges from the parent to its
+    // waitpoint.
+    let item = |index: u32, key: Option<&str>| BatchItem {
+        index,
+        request: TriggerRequest {
+            task: "child".into(),
+            payload: Packet::json(&json!({ "i": index })),
+            options: TriggerOptions { idempotency_key: key.map(Into::into), ..Default::default() },
+        },
+    };
+    let items = vec![item(0, None), item(1, Some("shared")), item(2, Some("shared")), item(3, None)];
+    let added = h.engine.add_batch_items(&h.env.id, &batch.id, items).await.unwrap();
+    assert!(added.batch.sealed);
+    let claimed = h.dequeue(10).await;
+    assert_eq!(claimed.len(), 3, "three distinct runs");
+    for (n, d) in claimed.iter().enumerate() {
+        let s = h.start(d).await;
+        assert_eq!(
+            h.snapshot(&parent.id).await.execution_status,
+            ExecutionStatus::ExecutingWithWaitpoints,
+            "the parent still waits before child {n} finishes"
+        );
+        h.succeed(&d.run.id, &s, json!({ "run": d.run.id })).await;
+    }
+    let resumed = h.snapshot(&parent.id).await;
+    assert_eq!(resumed.execution_status, ExecutionStatus::Executing, "continued after the last child");
+    let mut indexes: Vec<u32> = resumed
+        .completed_waitpoints
+        .iter()
+        .filter(|w| w.kind == WaitpointType::Run)
+        .map(|w| w.index.unwrap())
+        .collect();
+    indexes.sort();
+    assert_eq!(indexes, vec![0, 1, 2, 3], "every item's result, the shared run's twice");
+    let (batch, _) = h.engine.get_batch(&h.env.id, &batch.id).await.unwrap();
+    assert!(batch.completed_count >= batch.run_count, "the batch counts as done: {batch:?}");
+}
+
 async fn machines_are_claimed_only_when_they_fit_the_workers_capacity() {
     let big = TaskManifest { machine: Some(MachinePreset::Large1x), ..task("big") };
     let h = harness(vec![big, task("small")], vec![]).await;

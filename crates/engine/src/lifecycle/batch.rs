@@ -136,9 +136,10 @@ pub(crate) fn add_items(
             Ok(triggered) => {
                 txn.tx.insert_batch_item(&batch.id, item.index, &triggered.run.id)?;
                 batch.run_count += 1;
-                if triggered.is_cached && triggered.run.batch_id.as_deref() != Some(batch.id.as_str()) {
-                    // A cached run of another batch never reports to this one: count it
-                    // now (its own waitpoint still gates a waiting parent).
+                if triggered.is_cached {
+                    // A cached run reports to its own batch once, for its own item: count
+                    // this item now (its waitpoint still gates a waiting parent). Two items
+                    // with one key in the same batch would otherwise never add up.
                     batch.completed_count += 1;
                     if triggered.run.status.is_failure() {
                         batch.failed_count += 1;
