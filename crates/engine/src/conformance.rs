@@ -221,6 +221,7 @@ fn sample_run(id: &str, env_id: &str, task: &str, created_at: Millis) -> Run {
         started_at: Some(created_at + 2),
         completed_at: Some(created_at + 3),
         expired_at: Some(created_at + 4),
+        pending_blockers: Some(2),
     }
 }
 
@@ -1271,12 +1272,12 @@ pub fn waitpoints_and_blocks<S: Store>(mut store: S) {
     assert!(ok(tx.list_blocks("run_none")).is_empty());
     let mut blocked = ok(tx.runs_blocked_by("waitpoint_b"));
     blocked.sort();
-    assert_eq!(blocked, strings(&["run_1", "run_2"]), "each run once");
-    assert_eq!(ok(tx.runs_blocked_by("waitpoint_a")), strings(&["run_1"]));
+    assert_eq!(blocked, vec![("run_1".into(), 2), ("run_2".into(), 1)], "each run once, with its edges");
+    assert_eq!(ok(tx.runs_blocked_by("waitpoint_a")), vec![("run_1".to_string(), 1)]);
     assert!(ok(tx.runs_blocked_by("waitpoint_none")).is_empty());
     ok(tx.delete_blocks("run_1"));
     assert!(ok(tx.list_blocks("run_1")).is_empty());
-    assert_eq!(ok(tx.runs_blocked_by("waitpoint_b")), strings(&["run_2"]));
+    assert_eq!(ok(tx.runs_blocked_by("waitpoint_b")), vec![("run_2".to_string(), 1)]);
     assert!(ok(tx.runs_blocked_by("waitpoint_a")).is_empty());
     assert!(ok(tx.insert_block(&b1)), "a deleted edge can be added again");
     ok(tx.delete_blocks("run_none"));

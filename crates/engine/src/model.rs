@@ -225,6 +225,11 @@ pub struct Run {
     pub completed_at: Option<Millis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expired_at: Option<Millis>,
+    /// While the run waits: how many of its blocking edges are on a pending waitpoint, so
+    /// that completing one of many (a batch's children) does not re-read them all. `None`
+    /// when unknown; the edges are then read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_blockers: Option<u32>,
 }
 
 /// A waitpoint this run was blocked on, as carried by the snapshot that resumes it.

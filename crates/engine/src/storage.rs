@@ -246,8 +246,9 @@ pub trait Tx {
     fn insert_block(&mut self, edge: &BlockEdge) -> StorageResult<bool>;
     /// The edges blocking a run, in insertion order.
     fn list_blocks(&mut self, run_id: &str) -> StorageResult<Vec<BlockEdge>>;
-    /// The runs blocked by a waitpoint.
-    fn runs_blocked_by(&mut self, waitpoint_id: &str) -> StorageResult<Vec<String>>;
+    /// The runs blocked by a waitpoint, each once (in order of their first edge), with the
+    /// number of edges it has to that waitpoint (several batch items can share one).
+    fn runs_blocked_by(&mut self, waitpoint_id: &str) -> StorageResult<Vec<(String, u32)>>;
     fn delete_blocks(&mut self, run_id: &str) -> StorageResult<()>;
 
     // Batches.

@@ -971,13 +971,18 @@ impl Tx for PostgresTx<'_> {
         self.bodies("SELECT body FROM blocks WHERE run_id = $1 ORDER BY seq", &[&run_id])
     }
 
-    fn runs_blocked_by(&mut self, waitpoint_id: &str) -> StorageResult<Vec<String>> {
+    fn runs_blocked_by(&mut self, waitpoint_id: &str) -> StorageResult<Vec<(String, u32)>> {
         // Each run once, even when it waits on several batch items of the same waitpoint.
         let rows = self.query(
-            "SELECT run_id FROM blocks WHERE waitpoint_id = $1 GROUP BY run_id ORDER BY min(seq)",
+            "SELECT run_id, count(*) FROM blocks WHERE waitpoint_id = $1 GROUP BY run_id ORDER BY min(seq)",
             &[&waitpoint_id],
         )?;
-        rows.iter().map(|r| get(r, 0)).collect()
+        rows.iter()
+            .map(|r| {
+                let edges: i64 = get(r, 1)?;
+                Ok((get(r, 0)?, edges as u32))
+            })
+            .collect()
     }
 
     fn delete_blocks(&mut self, run_id: &str) -> StorageResult<()> {

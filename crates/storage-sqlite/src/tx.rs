@@ -1002,12 +1002,12 @@ impl Tx for SqliteTx<'_> {
         self.bodies("SELECT body FROM blocks WHERE run_id = ?1 ORDER BY seq", [run_id])
     }
 
-    fn runs_blocked_by(&mut self, waitpoint_id: &str) -> StorageResult<Vec<String>> {
+    fn runs_blocked_by(&mut self, waitpoint_id: &str) -> StorageResult<Vec<(String, u32)>> {
         // Each run once, even when it waits on several batch items of the same waitpoint.
         self.rows(
-            "SELECT run_id FROM blocks WHERE waitpoint_id = ?1 GROUP BY run_id ORDER BY min(seq)",
+            "SELECT run_id, count(*) FROM blocks WHERE waitpoint_id = ?1 GROUP BY run_id ORDER BY min(seq)",
             [waitpoint_id],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
     }
 

@@ -206,6 +206,7 @@ pub(crate) fn fail_attempt(
     run.error = Some(error);
     if run.execution_status == ExecutionStatus::ExecutingWithWaitpoints {
         txn.tx.delete_blocks(&run.id)?;
+        run.pending_blockers = None;
     }
     let retry_at = txn.now + delay;
     // Only a run that still holds its slot (not one blocked on a waitpoint) can retry in place.
@@ -285,6 +286,7 @@ pub(crate) fn finish_run(
     }
     if blocked {
         txn.tx.delete_blocks(&run.id)?;
+        run.pending_blockers = None;
     }
     txn.save_run(run)?;
     queue::release(txn, run)?;

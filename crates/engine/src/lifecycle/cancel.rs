@@ -41,6 +41,7 @@ fn cancel_run(txn: &mut Txn<'_>, mut run: Run, reason: &str, worker_gone: bool) 
                 txn.tx.dequeue_entry(&run.id)?;
             }
             txn.tx.delete_blocks(&run.id)?;
+            run.pending_blockers = None;
             run.error = Some(error);
             txn.snapshot(&mut run, ExecutionStatus::PendingCancel, "cancel requested", Vec::new())?;
             txn.arm_heartbeat(&run)?;

@@ -247,6 +247,7 @@ pub(crate) fn trigger(
         started_at: None,
         completed_at: None,
         expired_at: None,
+        pending_blockers: None,
     };
     if let Some(at) = run.delay_until {
         run.status = RunStatus::Delayed;

@@ -77,25 +77,38 @@ pub(crate) fn block_run(txn: &mut Txn<'_>, run: &mut Run, on: &[BlockOn]) -> Res
             run.id, run.execution_status
         )));
     }
+    let mut added_pending = 0;
     for (waitpoint_id, slot) in on {
-        txn.tx.insert_block(&BlockEdge {
+        let inserted = txn.tx.insert_block(&BlockEdge {
             run_id: run.id.clone(),
             waitpoint_id: waitpoint_id.clone(),
             batch_id: slot.as_ref().map(|(b, _)| b.clone()),
             batch_index: slot.as_ref().map(|(_, i)| *i),
             created_at: txn.now,
         })?;
+        if inserted && is_pending(txn, waitpoint_id)? {
+            added_pending += 1;
+        }
     }
     if run.execution_status == ExecutionStatus::ExecutingWithWaitpoints {
+        // Already waiting (a batch adding its children): count the new edges. Not a change
+        // anyone watches, so the run is written without publishing it.
+        if let (Some(n), true) = (run.pending_blockers, added_pending > 0) {
+            run.pending_blockers = Some(n + added_pending);
+            txn.tx.update_run(run)?;
+        }
         return Ok(());
     }
-    if pending_blocks(txn, &run.id)? {
+    let pending = pending_blocks(txn, &run.id)?;
+    run.pending_blockers = Some(pending);
+    if pending > 0 {
         run.status = RunStatus::Waiting;
         txn.snapshot(run, ExecutionStatus::ExecutingWithWaitpoints, "blocked by waitpoints", Vec::new())?;
         txn.arm_heartbeat(run)?;
         txn.save_run(run)?;
         queue::release(txn, run)
     } else {
+        run.pending_blockers = None;
         let completed = take_completed(txn, &run.id)?;
         txn.snapshot(run, ExecutionStatus::Executing, "waitpoints already completed", completed)?;
         txn.arm_heartbeat(run)?;
@@ -103,14 +116,22 @@ pub(crate) fn block_run(txn: &mut Txn<'_>, run: &mut Run, on: &[BlockOn]) -> Res
     }
 }
 
-fn pending_blocks(txn: &mut Txn<'_>, run_id: &str) -> Result<bool> {
+/// A waitpoint that does not exist counts as pending: it can never release the run by
+/// mistake.
+fn is_pending(txn: &mut Txn<'_>, waitpoint_id: &str) -> Result<bool> {
+    let wp = txn.tx.lock_waitpoint(waitpoint_id)?;
+    Ok(wp.is_none_or(|wp| wp.status == WaitpointStatus::Pending))
+}
+
+/// How many of the run's blocking edges are on a pending waitpoint (reads them all).
+fn pending_blocks(txn: &mut Txn<'_>, run_id: &str) -> Result<u32> {
+    let mut pending = 0;
     for edge in txn.tx.list_blocks(run_id)? {
-        let wp = txn.tx.lock_waitpoint(&edge.waitpoint_id)?;
-        if wp.is_none_or(|wp| wp.status == WaitpointStatus::Pending) {
-            return Ok(true);
+        if is_pending(txn, &edge.waitpoint_id)? {
+            pending += 1;
         }
     }
-    Ok(false)
+    Ok(pending)
 }
 
 /// The run's blocking waitpoints as completed waitpoints, removing the edges.
@@ -159,22 +180,35 @@ pub(crate) fn complete_waitpoint(
         WaitpointType::DateTime => txn.clear_timer(TimerKind::CompleteDateTime, &wp.id)?,
         _ => {}
     }
-    for run_id in txn.tx.runs_blocked_by(&wp.id)? {
-        continue_if_unblocked(txn, &run_id)?;
+    for (run_id, edges) in txn.tx.runs_blocked_by(&wp.id)? {
+        continue_if_unblocked(txn, &run_id, edges)?;
     }
     Ok(true)
 }
 
 /// Continues a blocked run once none of its waitpoints is pending: at once if it can take a
 /// concurrency slot, otherwise `QUEUED_EXECUTING` in its queue with its original place.
-pub(crate) fn continue_if_unblocked(txn: &mut Txn<'_>, run_id: &str) -> Result<()> {
+/// `completed_edges` of its edges were just released. The run's count of pending edges
+/// spares reading every edge while others are still pending; the edges are read (and the
+/// count corrected) only when it reaches zero or is unknown, so a wrong count can delay
+/// nothing and release nothing early.
+pub(crate) fn continue_if_unblocked(txn: &mut Txn<'_>, run_id: &str, completed_edges: u32) -> Result<()> {
     let mut run = txn.lock_run(run_id)?;
     if run.execution_status != ExecutionStatus::ExecutingWithWaitpoints {
         return Ok(());
     }
-    if pending_blocks(txn, run_id)? {
+    if let Some(left) = run.pending_blockers.map(|n| n.saturating_sub(completed_edges)).filter(|n| *n > 0) {
+        run.pending_blockers = Some(left);
+        txn.tx.update_run(&run)?;
         return Ok(());
     }
+    let pending = pending_blocks(txn, run_id)?;
+    if pending > 0 {
+        run.pending_blockers = Some(pending);
+        txn.tx.update_run(&run)?;
+        return Ok(());
+    }
+    run.pending_blockers = None;
     let completed = take_completed(txn, run_id)?;
     if queue::try_acquire(txn, &run)? {
         run.status = RunStatus::Executing;

@@ -514,6 +514,7 @@ fn blank_run(id: String, task: String) -> Run {
         started_at: None,
         completed_at: None,
         expired_at: None,
+        pending_blockers: None,
     }
 }
 
