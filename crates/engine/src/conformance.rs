@@ -42,6 +42,7 @@ pub fn run_all<S: Store>(mut make: impl FnMut() -> S) {
     snapshots(make());
     transactions(make());
     queues_and_concurrency(make());
+    claims_in_bulk(make());
     claimable_subqueues(make());
     timers(make());
     waitpoints_and_blocks(make());
@@ -1054,6 +1055,44 @@ pub fn queues_and_concurrency<S: Store>(mut store: S) {
         assert_eq!(counts(&mut *tx, ENV, QA, ck), (0, 0), "{ck:?}");
     }
     assert!(ok(tx.list_subqueues(ENV, QA)).iter().all(|s| s.ready_count == 0 && s.running == 0));
+    ok(tx.commit());
+}
+
+/// `dequeue_entries` and `acquire_many`: a claim of several runs counts like one call per
+/// run, across subqueues, ignoring runs not queued and slots already held.
+pub fn claims_in_bulk<S: Store>(mut store: S) {
+    const ENV: &str = "env_bulk";
+    let mut tx = ok(store.begin());
+    ok(tx.insert_environment(&environment(ENV, "proj", 1)));
+    ok(tx.upsert_queue(&queue_def(ENV, "qa", Some(10))));
+    for (i, ck) in ["a", "a", "a", "b", "b"].iter().enumerate() {
+        ok(tx.enqueue(&entry(&format!("run_{i}"), ENV, "qa", ck, 10 + i as i64)));
+    }
+    ok(tx.dequeue_entries(&["run_0", "run_1", "run_3", "run_missing", "run_1"]));
+    let a = ok(tx.get_subqueue(ENV, "qa", "a")).expect("subqueue a");
+    assert_eq!((a.ready_count, a.head_score), (1, Some(12)), "head recomputed");
+    let b = ok(tx.get_subqueue(ENV, "qa", "b")).expect("subqueue b");
+    assert_eq!((b.ready_count, b.head_score), (1, Some(14)));
+    assert_eq!(ids(&ok(tx.peek_subqueue(ENV, "qa", "a", 10)), |e| &e.run_id), strings(&["run_2"]));
+    ok(tx.dequeue_entries(&[]));
+
+    let holders =
+        [holder("run_0", ENV, "qa", "a"), holder("run_1", ENV, "qa", "a"), holder("run_3", ENV, "qa", "b")];
+    assert_eq!(ok(tx.acquire_many(&holders)), 3);
+    assert_eq!(counts(&mut *tx, ENV, "qa", "a"), (1, 2));
+    assert_eq!(counts(&mut *tx, ENV, "qa", "b"), (1, 1));
+    assert_eq!(ok(tx.env_running(ENV)), 3);
+    // A slot already held is not taken twice; a new subqueue gets its queue's limit.
+    let again = [holder("run_0", ENV, "qa", "a"), holder("run_9", ENV, "qa", "new")];
+    assert_eq!(ok(tx.acquire_many(&again)), 1);
+    let fresh = ok(tx.get_subqueue(ENV, "qa", "new")).expect("created by acquire_many");
+    assert_eq!((fresh.running, fresh.limit, fresh.head_score), (1, Some(10), None));
+    assert_eq!(ok(tx.env_running(ENV)), 4);
+    assert_eq!(ok(tx.acquire_many(&[])), 0);
+    for run in ["run_0", "run_1", "run_3", "run_9"] {
+        assert!(ok(tx.release(run)), "{run}");
+    }
+    assert_eq!(ok(tx.env_running(ENV)), 0);
     ok(tx.commit());
 }
 

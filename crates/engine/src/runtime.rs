@@ -235,7 +235,7 @@ fn run_batch(
     let mut tx = store.begin()?;
     for command in batch.iter_mut() {
         if !careful {
-            match command.apply(&mut Txn { tx: tx.as_mut(), now, config, effects }) {
+            match command.apply(&mut Txn { tx: tx.as_mut(), now, config, effects, last_snapshot: None }) {
                 Applied::Ok => continue,
                 Applied::Conflict => return Err(conflict()),
                 _ => return Ok(false),
@@ -243,14 +243,15 @@ fn run_batch(
         }
         tx.savepoint()?;
         let mark = effects.len();
-        let mut applied = command.apply(&mut Txn { tx: tx.as_mut(), now, config, effects });
+        let mut applied =
+            command.apply(&mut Txn { tx: tx.as_mut(), now, config, effects, last_snapshot: None });
         if applied == Applied::LostRace {
             // A lost unique race (two triggers with one idempotency key from two
             // replicas) succeeds on a second try, which finds the winner's row.
             tx.rollback_to_savepoint()?;
             effects.truncate(mark);
             tx.savepoint()?;
-            applied = command.apply(&mut Txn { tx: tx.as_mut(), now, config, effects });
+            applied = command.apply(&mut Txn { tx: tx.as_mut(), now, config, effects, last_snapshot: None });
         }
         if applied == Applied::Conflict {
             // The database aborted this transaction's work (another replica holds the rows):

@@ -188,6 +188,14 @@ pub trait Tx {
     fn enqueue(&mut self, entry: &ReadyEntry) -> StorageResult<()>;
     /// Takes a run out of its subqueue; `None` when it was not queued.
     fn dequeue_entry(&mut self, run_id: &str) -> StorageResult<Option<ReadyEntry>>;
+    /// Takes several runs out of their subqueues (a claim), ignoring those not queued. A
+    /// backend may update each subqueue's counts once for all of them.
+    fn dequeue_entries(&mut self, run_ids: &[&str]) -> StorageResult<()> {
+        for id in run_ids {
+            self.dequeue_entry(id)?;
+        }
+        Ok(())
+    }
     /// Subqueues of an environment that have ready runs, are not paused and are below their
     /// limit (`running < min(limit, env_limit)`), lowest `head_score` first. A backend shared
     /// by several processes locks the rows it returns, skipping rows locked by others.
@@ -213,6 +221,15 @@ pub trait Tx {
     /// the environment's running counts. Returns false (and changes nothing) when the run
     /// already holds one.
     fn acquire(&mut self, holder: &Holder) -> StorageResult<bool>;
+    /// [`Tx::acquire`] for several runs (a claim); returns how many slots were taken. A
+    /// backend may update each subqueue's and the environment's counts once.
+    fn acquire_many(&mut self, holders: &[Holder]) -> StorageResult<u32> {
+        let mut taken = 0;
+        for h in holders {
+            taken += u32::from(self.acquire(h)?);
+        }
+        Ok(taken)
+    }
     /// Frees a run's slot and decrements the counts. Returns false when it held none.
     fn release(&mut self, run_id: &str) -> StorageResult<bool>;
     fn get_holder(&mut self, run_id: &str) -> StorageResult<Option<Holder>>;

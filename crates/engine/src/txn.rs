@@ -36,6 +36,9 @@ pub struct Txn<'a> {
     pub(crate) now: Millis,
     pub(crate) config: &'a Config,
     pub(crate) effects: &'a mut Vec<Effect>,
+    /// The snapshot this command wrote last, so a transition can answer with it without
+    /// reading it back.
+    pub(crate) last_snapshot: Option<Snapshot>,
 }
 
 impl Txn<'_> {
@@ -94,6 +97,7 @@ impl Txn<'_> {
         self.tx.insert_snapshot(&snapshot)?;
         run.snapshot_id = snapshot.id.clone();
         run.execution_status = status;
+        self.last_snapshot = Some(snapshot.clone());
         Ok(snapshot)
     }
 

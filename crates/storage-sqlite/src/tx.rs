@@ -4,7 +4,8 @@
 //! it can: the engine applies thousands of commands per transaction from one thread, so
 //! statement count is what the hot path costs.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 
 use rusqlite::types::{Type, Value, ValueRef};
 use rusqlite::{params, params_from_iter, CachedStatement, Connection, Params, Row};
@@ -34,12 +35,41 @@ pub struct SqliteTx<'c> {
     /// Every later call fails with that error's kind: run on, its statements would each
     /// commit on their own, outside any transaction.
     aborted: Cell<Option<ErrorKind>>,
+    /// The indexed columns of each run this transaction read or wrote, as they are in the
+    /// database now: `update_run` sets only the ones that change (each indexed column in a
+    /// SET list costs an index rewrite). Forgotten on a rollback to a savepoint.
+    run_columns: RefCell<HashMap<String, RunColumns>>,
+}
+
+/// A run's values of the columns `update_run` may change, other than the body.
+#[derive(Debug, Clone, PartialEq)]
+struct RunColumns {
+    status: RunStatus,
+    /// What the `version` column is computed from.
+    worker_id: Option<String>,
+    lock_to_version: Option<String>,
+    machine: Option<&'static str>,
+    idempotency_key: Option<String>,
+    tags: Vec<String>,
+}
+
+impl RunColumns {
+    fn of(run: &Run) -> Self {
+        RunColumns {
+            status: run.status,
+            worker_id: run.worker_id.clone(),
+            lock_to_version: run.lock_to_version.clone(),
+            machine: run.machine.map(|m| m.name()),
+            idempotency_key: run.idempotency_key.clone(),
+            tags: run.tags.clone(),
+        }
+    }
 }
 
 impl<'c> SqliteTx<'c> {
     /// Wraps a connection on which `BEGIN` has just run.
     pub(crate) fn new(conn: &'c Connection, registry: &'c mut Registry) -> Self {
-        SqliteTx { conn, registry, open: true, aborted: Cell::new(None) }
+        SqliteTx { conn, registry, open: true, aborted: Cell::new(None), run_columns: RefCell::default() }
     }
 
     fn prepare(&self, sql: &str) -> StorageResult<CachedStatement<'c>> {
@@ -339,6 +369,7 @@ impl Tx for SqliteTx<'_> {
     fn rollback_to_savepoint(&mut self) -> StorageResult<()> {
         // ROLLBACK TO keeps the savepoint on the stack; RELEASE pops it.
         self.registry.clear();
+        self.run_columns.get_mut().clear();
         self.exec("ROLLBACK TO sp", [])?;
         self.exec("RELEASE sp", [])?;
         Ok(())
@@ -590,6 +621,7 @@ impl Tx for SqliteTx<'_> {
                  payload = excluded.payload, payload_type = excluded.payload_type",
             params![run.id, payload.data, payload.data_type],
         )?;
+        self.run_columns.borrow_mut().insert(run.id.clone(), RunColumns::of(run));
         Ok(())
     }
 
@@ -599,29 +631,59 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn get_run(&mut self, id: &str) -> StorageResult<Option<Run>> {
-        self.body("SELECT body FROM runs WHERE id = ?1", [id])
+        let run: Option<Run> = self.body("SELECT body FROM runs WHERE id = ?1", [id])?;
+        if let Some(run) = &run {
+            self.run_columns.borrow_mut().insert(run.id.clone(), RunColumns::of(run));
+        }
+        Ok(run)
     }
 
     fn update_run(&mut self, run: &Run) -> StorageResult<()> {
-        // Only the columns a run's life changes: each indexed column in the SET list costs an
-        // index rewrite, and env, task, queue, batch, parent, creation time and the test flag
-        // are fixed at insert.
-        let n = self.exec(
-            "UPDATE runs SET status = ?2,
-                 version = coalesce((SELECT version FROM workers WHERE id = ?3), ?4),
-                 machine = ?5, idempotency_key = ?6, tags = ?7, body = ?8
-             WHERE id = ?1",
-            params![
-                run.id,
-                run.status.as_str(),
-                run.worker_id,
-                run.lock_to_version,
-                run.machine.map(|m| m.name()),
-                run.idempotency_key,
-                encode(&run.tags)?,
-                encode(run)?,
-            ],
-        )?;
+        // Only the columns a run's life changes (env, task, queue, batch, parent, creation
+        // time and the test flag are fixed at insert), and of those only the ones that differ
+        // from what this transaction knows is in the row: the status on most transitions,
+        // the version and machine at dequeue, the key and tags rarely.
+        let new = RunColumns::of(run);
+        let known = self.run_columns.borrow_mut().insert(run.id.clone(), new.clone());
+        let changed =
+            |same: fn(&RunColumns, &RunColumns) -> bool| known.as_ref().is_none_or(|k| !same(k, &new));
+        let mut sql = String::from("UPDATE runs SET body = ?2");
+        if changed(|a, b| a.status == b.status) {
+            sql.push_str(", status = ?3");
+        }
+        if changed(|a, b| a.worker_id == b.worker_id && a.lock_to_version == b.lock_to_version) {
+            sql.push_str(", version = coalesce((SELECT version FROM workers WHERE id = ?4), ?5)");
+        }
+        if changed(|a, b| a.machine == b.machine) {
+            sql.push_str(", machine = ?6");
+        }
+        if changed(|a, b| a.idempotency_key == b.idempotency_key) {
+            sql.push_str(", idempotency_key = ?7");
+        }
+        let tags = if changed(|a, b| a.tags == b.tags) {
+            sql.push_str(", tags = ?8");
+            Some(encode(&run.tags)?)
+        } else {
+            None
+        };
+        sql.push_str(" WHERE id = ?1");
+        // Each variant numbers its parameters alike; bind those up to the highest it uses.
+        let mut stmt = self.prepare(&sql)?;
+        let body = encode(run)?;
+        let values: [&dyn rusqlite::ToSql; 8] = [
+            &run.id,
+            &body,
+            &run.status.as_str(),
+            &run.worker_id,
+            &run.lock_to_version,
+            &new.machine,
+            &run.idempotency_key,
+            &tags,
+        ];
+        for (i, value) in values.into_iter().enumerate().take(stmt.parameter_count()) {
+            self.check(stmt.raw_bind_parameter(i + 1, value))?;
+        }
+        let n = self.check(stmt.raw_execute())?;
         must_exist(n, "run", &run.id)
     }
 
@@ -782,6 +844,29 @@ impl Tx for SqliteTx<'_> {
         Ok(entry)
     }
 
+    fn dequeue_entries(&mut self, run_ids: &[&str]) -> StorageResult<()> {
+        let mut lost: HashMap<(String, String, String), i64> = HashMap::new();
+        for id in run_ids {
+            let removed =
+                self.row("DELETE FROM ready WHERE run_id = ?1 RETURNING env_id, queue, ck", [id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                })?;
+            if let Some(key) = removed {
+                *lost.entry(key).or_default() += 1;
+            }
+        }
+        for ((env_id, queue, ck), n) in lost {
+            self.exec(
+                "UPDATE subqueues SET ready_count = max(ready_count - ?4, 0),
+                     head_score = (SELECT min(score) FROM ready
+                                   WHERE env_id = ?1 AND queue = ?2 AND ck = ?3)
+                 WHERE env_id = ?1 AND queue = ?2 AND ck = ?3",
+                params![env_id, queue, ck, n],
+            )?;
+        }
+        Ok(())
+    }
+
     fn claimable_subqueues(
         &mut self,
         env_id: &str,
@@ -854,6 +939,41 @@ impl Tx for SqliteTx<'_> {
             [&h.env_id],
         )?;
         Ok(true)
+    }
+
+    fn acquire_many(&mut self, holders: &[Holder]) -> StorageResult<u32> {
+        let mut gained: HashMap<(&str, &str, &str), i64> = HashMap::new();
+        for h in holders {
+            let inserted = self.exec(
+                "INSERT INTO holders (run_id, env_id, queue, ck) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (run_id) DO NOTHING",
+                params![h.run_id, h.env_id, h.queue, h.concurrency_key],
+            )?;
+            if inserted == 1 {
+                *gained.entry((&h.env_id, &h.queue, &h.concurrency_key)).or_default() += 1;
+            }
+        }
+        let mut per_env: HashMap<&str, i64> = HashMap::new();
+        for ((env_id, queue, ck), n) in &gained {
+            self.exec(
+                "INSERT INTO subqueues (env_id, queue, ck, ready_count, running, lim, paused, head_score)
+                 VALUES (?1, ?2, ?3, 0, ?4,
+                         (SELECT lim FROM queues WHERE env_id = ?1 AND name = ?2),
+                         coalesce((SELECT paused FROM queues WHERE env_id = ?1 AND name = ?2), 0),
+                         NULL)
+                 ON CONFLICT (env_id, queue, ck) DO UPDATE SET running = running + ?4",
+                params![env_id, queue, ck, n],
+            )?;
+            *per_env.entry(env_id).or_default() += n;
+        }
+        for (env_id, n) in per_env {
+            self.exec(
+                "INSERT INTO env_running (env_id, running) VALUES (?1, ?2)
+                 ON CONFLICT (env_id) DO UPDATE SET running = running + ?2",
+                params![env_id, n],
+            )?;
+        }
+        Ok(gained.values().sum::<i64>() as u32)
     }
 
     fn release(&mut self, run_id: &str) -> StorageResult<bool> {

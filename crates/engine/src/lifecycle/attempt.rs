@@ -160,10 +160,13 @@ fn outcome(
     status: AttemptStatus,
     retry_at: Option<Millis>,
 ) -> Result<AttemptOutcome> {
-    let snapshot = txn
-        .tx
-        .get_snapshot(&run.snapshot_id)?
-        .ok_or_else(|| Error::InvalidState(format!("run {} has no snapshot", run.id)))?;
+    let snapshot = match txn.last_snapshot.take() {
+        Some(s) if s.id == run.snapshot_id => s,
+        _ => txn
+            .tx
+            .get_snapshot(&run.snapshot_id)?
+            .ok_or_else(|| Error::InvalidState(format!("run {} has no snapshot", run.id)))?,
+    };
     Ok(AttemptOutcome { status, run, snapshot, retry_at })
 }
 
@@ -278,7 +281,7 @@ pub(crate) fn finish_run(
     if run.delay_until.is_some() || run.status == RunStatus::Canceled {
         armed.push(TimerKind::EnqueueDelayed);
     }
-    if run.ttl_ms.is_some() && run.attempt_number == 0 {
+    if run.ttl_ms.is_some_and(|ttl| ttl > 0) && run.attempt_number == 0 {
         armed.push(TimerKind::Expire);
     }
     for kind in armed {

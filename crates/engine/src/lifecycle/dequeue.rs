@@ -7,7 +7,7 @@ use trigger_types::{ExecutionStatus, MachinePreset, RunStatus};
 
 use crate::error::Result;
 use crate::lifecycle::{attempt, queue, registry};
-use crate::model::{Run, Snapshot, TaskDef, TimerKind, WorkerVersion};
+use crate::model::{Holder, Run, Snapshot, TaskDef, TimerKind, WorkerVersion};
 use crate::txn::Txn;
 
 /// What a worker can take on.
@@ -78,6 +78,8 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
             let free = limit.saturating_sub(sub.running).min(env_limit - env_running);
             let entries =
                 txn.tx.peek_subqueue(env_id, &sub.queue, &sub.concurrency_key, free.min(want.max(1)))?;
+            // The runs this subqueue gives: taken off the queue and given their slots together.
+            let mut claimed: Vec<(Run, TaskDef, MachinePreset)> = Vec::new();
             for entry in entries {
                 let mut run = txn.lock_run(&entry.run_id)?;
                 if entry.resume {
@@ -86,7 +88,7 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
                     progressed = true;
                     continue;
                 }
-                if out.len() as u32 >= req.max_runs {
+                if (out.len() + claimed.len()) as u32 >= req.max_runs {
                     break;
                 }
                 let version_ok = run.lock_to_version.as_ref().is_none_or(|v| *v == worker.version);
@@ -104,11 +106,17 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
                     continue;
                 }
                 let Some(task) = tasks.iter().find(|t| t.slug == run.task).cloned() else { break };
-                txn.tx.dequeue_entry(&run.id)?;
-                queue::acquire(txn, &run)?;
                 let machine = run.machine.or(task.machine).unwrap_or_default();
                 cpu -= machine.cpu();
                 memory -= machine.memory();
+                claimed.push((run, task, machine));
+                progressed = true;
+            }
+            let ids: Vec<&str> = claimed.iter().map(|(run, ..)| run.id.as_str()).collect();
+            txn.tx.dequeue_entries(&ids)?;
+            let holders: Vec<Holder> = claimed.iter().map(|(run, ..)| queue::holder(run)).collect();
+            txn.tx.acquire_many(&holders)?;
+            for (mut run, task, machine) in claimed {
                 lock_to_task(&mut run, &worker, &task, machine, &req.worker_instance);
                 run.status = RunStatus::Dequeued;
                 let snapshot = txn.snapshot(
@@ -117,11 +125,13 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
                     "run was dequeued",
                     Vec::new(),
                 )?;
-                txn.clear_timer(TimerKind::Expire, &run.id)?;
+                if run.ttl_ms.is_some_and(|ttl| ttl > 0) && run.attempt_number == 0 {
+                    // Only a first queueing with a TTL armed an expiry.
+                    txn.clear_timer(TimerKind::Expire, &run.id)?;
+                }
                 txn.arm_heartbeat(&run)?;
                 txn.save_run(&mut run)?;
                 out.push(Dequeued { run, snapshot, worker: worker.clone(), task, machine });
-                progressed = true;
             }
         }
         if !progressed {

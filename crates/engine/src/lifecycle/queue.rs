@@ -83,12 +83,17 @@ pub(crate) fn try_acquire(txn: &mut Txn<'_>, run: &Run) -> Result<bool> {
 
 /// Records the run as holding a slot (the caller has checked the limits).
 pub(crate) fn acquire(txn: &mut Txn<'_>, run: &Run) -> Result<bool> {
-    Ok(txn.tx.acquire(&Holder {
+    Ok(txn.tx.acquire(&holder(run))?)
+}
+
+/// The slot a run takes in its subqueue.
+pub(crate) fn holder(run: &Run) -> Holder {
+    Holder {
         run_id: run.id.clone(),
         env_id: run.env_id.clone(),
         queue: run.queue.clone(),
         concurrency_key: run.concurrency_key.clone().unwrap_or_default(),
-    })?)
+    }
 }
 
 /// Gives the run's slot back, then lets runs that wait only for a slot continue.
