@@ -223,6 +223,7 @@ fn sample_run(id: &str, env_id: &str, task: &str, created_at: Millis) -> Run {
         completed_at: Some(created_at + 3),
         expired_at: Some(created_at + 4),
         pending_blockers: Some(2),
+        has_waitpoint: true,
     }
 }
 

@@ -230,6 +230,10 @@ pub struct Run {
     /// when unknown; the edges are then read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_blockers: Option<u32>,
+    /// A `RUN` waitpoint exists for this run (a parent waits on it): finishing the run
+    /// completes it. Spares every other run the lookup.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub has_waitpoint: bool,
 }
 
 /// A waitpoint this run was blocked on, as carried by the snapshot that resumes it.

@@ -294,7 +294,8 @@ pub(crate) fn finish_run(
     txn.save_run(run)?;
     queue::release(txn, run)?;
 
-    if let Some(mut wp) = txn.tx.find_run_waitpoint(&run.id)? {
+    let waitpoint = if run.has_waitpoint { txn.tx.find_run_waitpoint(&run.id)? } else { None };
+    if let Some(mut wp) = waitpoint {
         if wp.kind == WaitpointType::Run {
             let (packet, is_error) = wait::run_result(txn, run)?;
             wait::complete_waitpoint(txn, &mut wp, packet, is_error)?;

@@ -248,6 +248,7 @@ pub(crate) fn trigger(
         completed_at: None,
         expired_at: None,
         pending_blockers: None,
+        has_waitpoint: false,
     };
     if let Some(at) = run.delay_until {
         run.status = RunStatus::Delayed;
@@ -267,6 +268,7 @@ pub(crate) fn trigger(
     }
     // One insert with the final state; a lost idempotency race surfaces here as a unique
     // violation and the whole command is rolled back to its savepoint.
+    run.has_waitpoint = parent.is_some() && waits;
     txn.tx.insert_run(&run, &req.payload)?;
     txn.changed(&run);
 

@@ -51,6 +51,13 @@ pub(crate) fn run_waitpoint(txn: &mut Txn<'_>, run: &Run) -> Result<Waitpoint> {
         wp.output_is_error = is_error;
     }
     txn.tx.insert_waitpoint(&wp)?;
+    if !run.has_waitpoint && !run.status.is_final() {
+        // Mark the stored row (the caller's copy may be about to be written too).
+        if let Some(mut stored) = txn.tx.lock_run(&run.id)? {
+            stored.has_waitpoint = true;
+            txn.tx.update_run(&stored)?;
+        }
+    }
     Ok(wp)
 }
 

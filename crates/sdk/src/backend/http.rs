@@ -515,6 +515,7 @@ fn blank_run(id: String, task: String) -> Run {
         completed_at: None,
         expired_at: None,
         pending_blockers: None,
+        has_waitpoint: false,
     }
 }
 
