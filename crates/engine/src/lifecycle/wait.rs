@@ -106,20 +106,21 @@ pub(crate) fn block_run(txn: &mut Txn<'_>, run: &mut Run, on: &[BlockOn]) -> Res
         }
         return Ok(());
     }
-    let pending = pending_blocks(txn, &run.id)?;
-    run.pending_blockers = Some(pending);
-    if pending > 0 {
-        run.status = RunStatus::Waiting;
-        txn.snapshot(run, ExecutionStatus::ExecutingWithWaitpoints, "blocked by waitpoints", Vec::new())?;
-        txn.arm_heartbeat(run)?;
-        txn.save_run(run)?;
-        queue::release(txn, run)
-    } else {
-        run.pending_blockers = None;
-        let completed = take_completed(txn, &run.id)?;
-        txn.snapshot(run, ExecutionStatus::Executing, "waitpoints already completed", completed)?;
-        txn.arm_heartbeat(run)?;
-        txn.save_run(run)
+    match take_completed(txn, &run.id)? {
+        Err(pending) => {
+            run.pending_blockers = Some(pending);
+            run.status = RunStatus::Waiting;
+            txn.snapshot(run, ExecutionStatus::ExecutingWithWaitpoints, "blocked by waitpoints", Vec::new())?;
+            txn.arm_heartbeat(run)?;
+            txn.save_run(run)?;
+            queue::release(txn, run)
+        }
+        Ok(completed) => {
+            run.pending_blockers = None;
+            txn.snapshot(run, ExecutionStatus::Executing, "waitpoints already completed", completed)?;
+            txn.arm_heartbeat(run)?;
+            txn.save_run(run)
+        }
     }
 }
 
@@ -130,39 +131,41 @@ fn is_pending(txn: &mut Txn<'_>, waitpoint_id: &str) -> Result<bool> {
     Ok(wp.is_none_or(|wp| wp.status == WaitpointStatus::Pending))
 }
 
-/// How many of the run's blocking edges are on a pending waitpoint (reads them all).
-fn pending_blocks(txn: &mut Txn<'_>, run_id: &str) -> Result<u32> {
+/// When none of the run's blocking waitpoints is pending: all of them, as completed
+/// waitpoints, with the edges removed. Otherwise how many edges are still on a pending (or
+/// missing) waitpoint, changing nothing. One pass over the edges either way.
+fn take_completed(
+    txn: &mut Txn<'_>,
+    run_id: &str,
+) -> Result<std::result::Result<Vec<CompletedWaitpoint>, u32>> {
+    let mut out = Vec::new();
     let mut pending = 0;
     for edge in txn.tx.list_blocks(run_id)? {
-        if is_pending(txn, &edge.waitpoint_id)? {
-            pending += 1;
+        match txn.tx.lock_waitpoint(&edge.waitpoint_id)? {
+            Some(wp) if wp.status != WaitpointStatus::Pending && pending == 0 => {
+                out.push(CompletedWaitpoint {
+                    id: wp.id,
+                    kind: wp.kind,
+                    completed_at: wp.completed_at.unwrap_or(txn.now),
+                    index: edge.batch_index,
+                    idempotency_key: wp.idempotency_key,
+                    completed_by_run_id: wp.completed_by_run_id,
+                    completed_by_batch_id: wp.completed_by_batch_id.or(edge.batch_id),
+                    completed_after: wp.completed_after,
+                    output: wp.output,
+                    output_type: wp.output_type,
+                    output_is_error: wp.output_is_error,
+                })
+            }
+            Some(wp) if wp.status != WaitpointStatus::Pending => {}
+            _ => pending += 1,
         }
     }
-    Ok(pending)
-}
-
-/// The run's blocking waitpoints as completed waitpoints, removing the edges.
-fn take_completed(txn: &mut Txn<'_>, run_id: &str) -> Result<Vec<CompletedWaitpoint>> {
-    let mut out = Vec::new();
-    for edge in txn.tx.list_blocks(run_id)? {
-        if let Some(wp) = txn.tx.lock_waitpoint(&edge.waitpoint_id)? {
-            out.push(CompletedWaitpoint {
-                id: wp.id,
-                kind: wp.kind,
-                completed_at: wp.completed_at.unwrap_or(txn.now),
-                index: edge.batch_index,
-                idempotency_key: wp.idempotency_key,
-                completed_by_run_id: wp.completed_by_run_id,
-                completed_by_batch_id: wp.completed_by_batch_id.or(edge.batch_id),
-                completed_after: wp.completed_after,
-                output: wp.output,
-                output_type: wp.output_type,
-                output_is_error: wp.output_is_error,
-            });
-        }
+    if pending > 0 {
+        return Ok(Err(pending));
     }
     txn.tx.delete_blocks(run_id)?;
-    Ok(out)
+    Ok(Ok(out))
 }
 
 /// Completes a waitpoint and continues every run it was the last blocker of. Completing a
@@ -209,14 +212,15 @@ pub(crate) fn continue_if_unblocked(txn: &mut Txn<'_>, run_id: &str, completed_e
         txn.tx.update_run(&run)?;
         return Ok(());
     }
-    let pending = pending_blocks(txn, run_id)?;
-    if pending > 0 {
-        run.pending_blockers = Some(pending);
-        txn.tx.update_run(&run)?;
-        return Ok(());
-    }
+    let completed = match take_completed(txn, run_id)? {
+        Ok(completed) => completed,
+        Err(pending) => {
+            run.pending_blockers = Some(pending);
+            txn.tx.update_run(&run)?;
+            return Ok(());
+        }
+    };
     run.pending_blockers = None;
-    let completed = take_completed(txn, run_id)?;
     if queue::try_acquire(txn, &run)? {
         run.status = RunStatus::Executing;
         txn.snapshot(&mut run, ExecutionStatus::Executing, "waitpoints completed", completed)?;
