@@ -118,3 +118,30 @@ async fn a_worker_over_http_runs_the_seed_flow() {
     worker.shutdown().await.unwrap();
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_runs_over_http_with_the_default_page_gives_a_full_page() {
+    let server =
+        serve(ServeOptions { database: Database::Memory, port: 0, ..ServeOptions::default() }).await.unwrap();
+    let key = server.bootstrap().dev_key.clone().unwrap();
+    let project = server.bootstrap().tenancy.project.external_ref.clone();
+    let backend = Http::new(server.base_url(), &key, Some(project)).unwrap();
+    backend
+        .register_worker(trigger_engine::WorkerManifest {
+            content_hash: "page".into(),
+            tasks: vec![trigger_engine::TaskManifest::new("listed")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for i in 0..30 {
+        let request = trigger_engine::TriggerRequest {
+            task: "listed".into(),
+            payload: trigger_engine::Packet::json(&json!({ "i": i })),
+            options: Default::default(),
+        };
+        backend.trigger(request).await.unwrap();
+    }
+    let listed = backend.list_runs(Default::default(), Default::default()).await.unwrap();
+    assert_eq!(listed.len(), 25, "the default page, as with the embedded engine");
+}

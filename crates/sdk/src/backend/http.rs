@@ -1194,7 +1194,9 @@ impl Backend for Http {
 
     fn list_runs(&self, filter: RunFilter, page: Page) -> BoxFuture<'_, Result<Vec<Run>>> {
         Box::pin(async move {
-            let mut query = vec![format!("page[size]={}", page.size.clamp(1, 100))];
+            // A size of 0 means the default page (25), as with the embedded engine.
+            let size = if page.size == 0 { 25 } else { page.size.min(100) };
+            let mut query = vec![format!("page[size]={size}")];
             if !filter.tasks.is_empty() {
                 query.push(format!("filter[taskIdentifier]={}", filter.tasks.join(",")));
             }
