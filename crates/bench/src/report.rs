@@ -81,6 +81,7 @@ const COLUMNS: &[(&str, &[&str])] = &[
         "w3-latency",
         &[
             "runs",
+            "trigger_to_ack.p50_ms",
             "trigger_to_start.p50_ms",
             "trigger_to_start.p95_ms",
             "trigger_to_start.p99_ms",
@@ -170,8 +171,9 @@ mod tests {
         );
         let tables = markdown_tables(&[r.to_json()]);
         assert!(tables.starts_with("**w3-latency**\n"), "{tables}");
-        assert!(tables
-            .contains("| postgres | http | postgresql synchronous_commit=on | 10 | 1.50 | – | 4 | – | – |"));
+        assert!(tables.contains(
+            "| postgres | http | postgresql synchronous_commit=on | 10 | – | 1.50 | – | 4 | – | – |"
+        ));
         assert!(!tables.contains("w1-burn-down"));
     }
 }

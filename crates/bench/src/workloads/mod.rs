@@ -110,11 +110,12 @@ pub async fn latency(mode: Mode, options: &Options) -> Result<Report, Error> {
     let mut changes =
         target.client.subscribe().ok_or_else(|| Error::Failed("the backend pushes no run changes".into()))?;
     let mut runs = Vec::with_capacity(n);
-    let mut to_done = Vec::with_capacity(n);
+    let (mut to_ack, mut to_done) = (Vec::with_capacity(n), Vec::with_capacity(n));
     // The first runs open connections (and, over HTTP, the change feed); they are not counted.
     for i in 0..n + WARM_UP {
         let t0 = now_us();
         let run = target.client.trigger(request("noop", i, TriggerOptions::default())).await?.run;
+        let ack = now_us() - t0;
         // Completion as a client sees it: the change feed reports the run finished.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -132,6 +133,7 @@ pub async fn latency(mode: Mode, options: &Options) -> Result<Report, Error> {
         let done = now_us() - t0;
         if i >= WARM_UP {
             runs.push((run.id, t0));
+            to_ack.push(ms(ack));
             to_done.push(ms(done));
         }
     }
@@ -141,6 +143,9 @@ pub async fn latency(mode: Mode, options: &Options) -> Result<Report, Error> {
     worker.stop().await;
     let mut report = target.report("w3-latency");
     report.metric("runs", n);
+    if let Some(p) = Percentiles::of(&mut to_ack) {
+        report.metric("trigger_to_ack", p.to_json());
+    }
     if let Some(p) = Percentiles::of(&mut to_start) {
         report.metric("trigger_to_start", p.to_json());
     }
