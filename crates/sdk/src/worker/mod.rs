@@ -29,8 +29,8 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use trigger_engine::{
-    AttemptStatus, Completion, DequeueRequest, Dequeued, ExecutionStatus, InternalErrorCode, TaskRunError,
-    WorkerManifest, WorkerVersion,
+    AttemptOutcome, AttemptStatus, Completion, DequeueRequest, Dequeued, ExecutionStatus, InternalErrorCode,
+    MetadataUpdate, TaskRunError, WorkerManifest, WorkerVersion,
 };
 
 use crate::backend::{Backend, SharedBackend};
@@ -452,8 +452,7 @@ async fn execute_run(inner: Arc<Inner>, dequeued: Dequeued, lease: Arc<Lease>) {
                 break;
             }
         }
-        let outcome =
-            inner.backend.complete_attempt(&run_id, &current, completion.clone(), metadata.clone()).await;
+        let outcome = complete_durably(&inner, &run_id, &current, &completion, &metadata).await;
         let outcome = match outcome {
             Err(e) => match inner.backend.latest_snapshot(&run_id).await {
                 // The engine moved on (a wait completed as we finished): name the latest.
@@ -487,6 +486,45 @@ async fn execute_run(inner: Arc<Inner>, dequeued: Dequeued, lease: Arc<Lease>) {
     let mut active = inner.active.lock().unwrap_or_else(|e| e.into_inner());
     if active.get(&run_id).is_some_and(|a| a.token.same(&token)) {
         active.remove(&run_id);
+    }
+}
+
+/// How long a worker keeps offering a completion the server could not take (it is down or
+/// restarting): as long as the executing lease, which the heartbeat keeps alive meanwhile. A
+/// result already computed is worth more than running the attempt again.
+const COMPLETION_PATIENCE: Duration = Duration::from_secs(300);
+
+/// Reports how an attempt ended until the server takes it, refuses it (a stale snapshot, a
+/// run that is gone, a bad completion), or [`COMPLETION_PATIENCE`] runs out.
+async fn complete_durably(
+    inner: &Inner,
+    run_id: &str,
+    snapshot_id: &str,
+    completion: &Completion,
+    metadata: &Option<MetadataUpdate>,
+) -> Result<AttemptOutcome> {
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let result =
+            inner.backend.complete_attempt(run_id, snapshot_id, completion.clone(), metadata.clone()).await;
+        let error = match result {
+            Ok(outcome) => return Ok(outcome),
+            Err(e) if !may_succeed_later(&e) || started.elapsed() >= COMPLETION_PATIENCE => return Err(e),
+            Err(e) => e,
+        };
+        tracing::warn!(target: "trigger_sdk::worker", run = %run_id, error = %error, "the server did not take the completion; offering it again");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// An error after which the same call may succeed: the server or its database was away.
+fn may_succeed_later(error: &Error) -> bool {
+    match error {
+        Error::Engine(e) => e.is_transient() || matches!(e, trigger_engine::Error::Shutdown),
+        Error::Protocol(_) => true,
+        _ => false,
     }
 }
 
