@@ -10,6 +10,7 @@
 //!
 //! Errors carry a portable [`ErrorKind`]; the engine never looks at SQLSTATE codes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use trigger_types::Millis;
@@ -52,6 +53,33 @@ pub type StorageResult<T> = std::result::Result<T, StorageError>;
 
 /// Where a store delivers the effects other processes committed (see [`Store::listen`]).
 pub type RemoteSink = Arc<dyn Fn(Vec<Effect>) + Send + Sync>;
+
+/// The registry rows (environments, worker versions, tasks, queues) a backend may keep in
+/// memory between transactions: they are read on every trigger, claim and attempt start
+/// but change only when a worker registers or a queue or environment is changed.
+///
+/// The rules that keep it right, for a backend that uses it: fill entries only from reads
+/// inside its own transactions; empty it on every registry write and on every rollback
+/// (whole or to a savepoint), so it never holds what was not committed; and empty it when
+/// another process may have changed the registry since (a backend shared by several
+/// processes needs a way to tell, see the PostgreSQL store's registry generation).
+#[derive(Debug, Default)]
+pub struct RegistryCache {
+    pub environments: HashMap<String, Option<Environment>>,
+    pub workers: HashMap<String, Option<WorkerVersion>>,
+    pub latest_worker: HashMap<String, Option<WorkerVersion>>,
+    pub worker_lists: HashMap<(String, u32), Vec<WorkerVersion>>,
+    pub tasks: HashMap<(String, String, String), Option<TaskDef>>,
+    pub task_lists: HashMap<(String, String), Vec<TaskDef>>,
+    pub queues: HashMap<(String, String), Option<QueueDef>>,
+}
+
+impl RegistryCache {
+    /// Forgets every entry.
+    pub fn clear(&mut self) {
+        *self = RegistryCache::default();
+    }
+}
 
 /// A database the engine can run on. Owned by the engine's writer thread.
 pub trait Store: Send + 'static {
@@ -146,6 +174,24 @@ pub trait Tx {
     fn insert_run(&mut self, run: &Run, payload: &Packet) -> StorageResult<()>;
     /// Reads a run the transaction will change.
     fn lock_run(&mut self, id: &str) -> StorageResult<Option<Run>>;
+    /// Reads several runs the transaction will change (a claim), in any order; ids with no
+    /// run are left out. A backend may read them in one statement.
+    fn lock_runs(&mut self, ids: &[&str]) -> StorageResult<Vec<Run>> {
+        let mut runs = Vec::with_capacity(ids.len());
+        for id in ids {
+            runs.extend(self.lock_run(id)?);
+        }
+        Ok(runs)
+    }
+    /// Reads a run the transaction will change together with its payload (`None` when the
+    /// run has none stored): an attempt start needs both. A backend may read them in one
+    /// statement.
+    fn lock_run_with_payload(&mut self, id: &str) -> StorageResult<Option<(Run, Option<Packet>)>> {
+        match self.lock_run(id)? {
+            Some(run) => Ok(Some((run, self.get_payload(id)?))),
+            None => Ok(None),
+        }
+    }
     /// Reads a run.
     fn get_run(&mut self, id: &str) -> StorageResult<Option<Run>>;
     /// Writes an existing run (not its payload or output). The fields fixed at insert —

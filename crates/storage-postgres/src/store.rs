@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use tokio::runtime::Runtime;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Row, Statement};
-use trigger_engine::storage::{ErrorKind, RemoteSink, StorageError, StorageResult, Store, Tx};
+use tokio_postgres::{Client, NoTls, Row, SimpleQueryMessage, Statement};
+use trigger_engine::storage::{ErrorKind, RegistryCache, RemoteSink, StorageError, StorageResult, Store, Tx};
 
 use crate::error::{breaks_connection, from_pg};
 use crate::notify::{channel_name, Listener};
@@ -19,7 +19,10 @@ use crate::tx::PostgresTx;
 
 /// Schema migrations, applied in order and recorded in `schema_migrations`. Append only: a
 /// released migration never changes.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_registry_generation.sql")),
+];
 
 /// PostgreSQL's `synchronous_commit` for the store's sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,6 +269,26 @@ impl Session {
         self.call(client.execute(&stmt, params))
     }
 
+    /// Opens a writer transaction: `BEGIN`, the deployment's writer lock, and the registry
+    /// generation the lock lets it see, in one round trip.
+    pub(crate) fn begin_writer(&mut self, lock_key: i64) -> StorageResult<i64> {
+        let client = self.client()?;
+        let sql =
+            format!("BEGIN; SELECT pg_advisory_xact_lock({lock_key}); SELECT gen FROM registry_generation");
+        let gen = self.call(client.simple_query(&sql)).and_then(|messages| {
+            let gen = messages.iter().rev().find_map(|m| match m {
+                SimpleQueryMessage::Row(row) => row.get(0).and_then(|v| v.parse::<i64>().ok()),
+                _ => None,
+            });
+            gen.ok_or_else(|| StorageError::new(ErrorKind::Corrupt, "registry_generation has no row"))
+        });
+        if gen.is_err() && self.connected() {
+            // Leave no transaction open (or aborted) on the connection for the next begin.
+            let _ = self.batch("ROLLBACK");
+        }
+        gen
+    }
+
     /// Statements without parameters over the simple protocol, in one round trip.
     pub(crate) fn batch(&mut self, sql: &str) -> StorageResult<()> {
         let client = self.client()?;
@@ -301,6 +324,10 @@ pub struct PostgresStore {
     options: PostgresOptions,
     listener: Option<Listener>,
     origin: Arc<str>,
+    /// Registry rows read in earlier transactions, valid while the schema's registry
+    /// generation is `registry_gen` (see `migrations/0002_registry_generation.sql`).
+    registry: RegistryCache,
+    registry_gen: Option<i64>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -378,6 +405,8 @@ impl PostgresStore {
             options,
             listener: None,
             origin: origin_id().into(),
+            registry: RegistryCache::default(),
+            registry_gen: None,
         })
     }
 
@@ -438,10 +467,16 @@ impl Store for PostgresStore {
         // commands per transaction, touching runs, subqueues and counters in whatever order
         // its commands come, so two replicas' batches would otherwise deadlock each other.
         // Replicas still share the work — they take turns, each with a full batch.
-        self.session
-            .batch(&format!("BEGIN; SELECT pg_advisory_xact_lock({})", writer_lock_key(&self.channel)))?;
+        // The registry generation is read once the lock is held, so it counts every registry
+        // write committed before: a change means another replica wrote, and the rows kept
+        // from earlier transactions may be stale.
+        let gen = self.session.begin_writer(writer_lock_key(&self.channel))?;
+        if self.registry_gen != Some(gen) {
+            self.registry.clear();
+            self.registry_gen = Some(gen);
+        }
         let channel = self.options.notify.then(|| (self.channel.as_str(), &*self.origin));
-        Ok(Box::new(PostgresTx::new(&mut self.session, channel)))
+        Ok(Box::new(PostgresTx::new(&mut self.session, &mut self.registry, channel)))
     }
 
     fn listen(&mut self, sink: RemoteSink) {

@@ -21,7 +21,7 @@ use trigger_engine::model::{
     Run, RunEvent, RunFilter, Snapshot, Subqueue, TaskDef, Timer, TimerKind, Waitpoint, WaitpointFilter,
     WorkerVersion,
 };
-use trigger_engine::storage::{ErrorKind, StorageError, StorageResult, Tx};
+use trigger_engine::storage::{ErrorKind, RegistryCache, StorageError, StorageResult, Tx};
 use trigger_engine::txn::Effect;
 use trigger_types::{Millis, RunStatus, WaitpointStatus};
 
@@ -36,6 +36,10 @@ const DEFAULT_PAGE_SIZE: u32 = 25;
 /// [`Tx::commit`] rolls it back.
 pub struct PostgresTx<'s> {
     session: &'s mut Session,
+    /// The store's registry rows (see [`RegistryCache`] for the rules it keeps).
+    registry: &'s mut RegistryCache,
+    /// This transaction already counted a registry write in `registry_generation`.
+    registry_counted: bool,
     /// `(channel, origin)` when effects are announced with `NOTIFY`.
     notify: Option<(&'s str, &'s str)>,
     /// Still needs a `COMMIT` or `ROLLBACK`.
@@ -46,8 +50,23 @@ pub struct PostgresTx<'s> {
 }
 
 impl<'s> PostgresTx<'s> {
-    pub(crate) fn new(session: &'s mut Session, notify: Option<(&'s str, &'s str)>) -> Self {
-        PostgresTx { session, notify, open: true, failed: None }
+    pub(crate) fn new(
+        session: &'s mut Session,
+        registry: &'s mut RegistryCache,
+        notify: Option<(&'s str, &'s str)>,
+    ) -> Self {
+        PostgresTx { session, registry, registry_counted: false, notify, open: true, failed: None }
+    }
+
+    /// Before a registry write: forget the kept rows, and count the write in the schema's
+    /// generation (once per transaction) so other replicas forget theirs.
+    fn registry_write(&mut self) -> StorageResult<()> {
+        self.registry.clear();
+        if self.registry_counted {
+            return Ok(());
+        }
+        self.registry_counted = true;
+        self.defer("UPDATE registry_generation SET gen = gen + 1", Vec::new(), None)
     }
 
     fn note<T>(&mut self, r: StorageResult<T>) -> StorageResult<T> {
@@ -174,6 +193,7 @@ impl<'s> PostgresTx<'s> {
 impl Drop for PostgresTx<'_> {
     fn drop(&mut self) {
         if self.open {
+            self.registry.clear();
             // Nothing to report to; a connection that fails here is dropped by the session
             // (and the server rolls back with it).
             self.session.forget_deferred();
@@ -288,12 +308,18 @@ impl Tx for PostgresTx<'_> {
         if let Some(e) = self.failed.take() {
             // PostgreSQL would answer COMMIT with a rollback; say so instead.
             self.open = false;
+            self.registry.clear();
             self.session.forget_deferred();
             let _ = self.session.batch("ROLLBACK");
             return Err(StorageError::new(e.kind, format!("transaction rolled back after: {}", e.message)));
         }
         self.open = false;
-        self.session.batch("COMMIT")
+        let committed = self.session.batch("COMMIT");
+        if committed.is_err() {
+            // Rows kept during the transaction may not be what the database holds.
+            self.registry.clear();
+        }
+        committed
     }
 
     fn savepoint(&mut self) -> StorageResult<()> {
@@ -307,6 +333,7 @@ impl Tx for PostgresTx<'_> {
     fn rollback_to_savepoint(&mut self) -> StorageResult<()> {
         // ROLLBACK TO keeps the savepoint; RELEASE pops it. It also ends a failed state,
         // whatever the writes it undoes answered.
+        self.registry.clear();
         self.session.forget_deferred();
         self.session.batch("ROLLBACK TO SAVEPOINT sp; RELEASE SAVEPOINT sp")?;
         self.failed = None;
@@ -399,6 +426,7 @@ impl Tx for PostgresTx<'_> {
     // Environments, worker versions, tasks and queues.
 
     fn insert_environment(&mut self, env: &Environment) -> StorageResult<()> {
+        self.registry_write()?;
         let body = encode(env)?;
         // The counter row exists from the start, so that `env_running` always has a row to
         // lock.
@@ -413,10 +441,16 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn get_environment(&mut self, id: &str) -> StorageResult<Option<Environment>> {
-        self.body("SELECT body FROM environments WHERE id = $1", &[&id])
+        if let Some(hit) = self.registry.environments.get(id) {
+            return Ok(hit.clone());
+        }
+        let found: Option<Environment> = self.body("SELECT body FROM environments WHERE id = $1", &[&id])?;
+        self.registry.environments.insert(id.to_string(), found.clone());
+        Ok(found)
     }
 
     fn update_environment(&mut self, env: &Environment) -> StorageResult<()> {
+        self.registry_write()?;
         let body = encode(env)?;
         let n = self.exec(
             "UPDATE environments SET project_id = $2, created_at = $3, body = $4 WHERE id = $1",
@@ -440,6 +474,7 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn insert_worker(&mut self, w: &WorkerVersion) -> StorageResult<()> {
+        self.registry_write()?;
         let body = encode(w)?;
         self.exec(
             "INSERT INTO workers (id, env_id, version, created_at, body) VALUES ($1, $2, $3, $4, $5)",
@@ -449,14 +484,24 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn get_worker(&mut self, id: &str) -> StorageResult<Option<WorkerVersion>> {
-        self.body("SELECT body FROM workers WHERE id = $1", &[&id])
+        if let Some(hit) = self.registry.workers.get(id) {
+            return Ok(hit.clone());
+        }
+        let found: Option<WorkerVersion> = self.body("SELECT body FROM workers WHERE id = $1", &[&id])?;
+        self.registry.workers.insert(id.to_string(), found.clone());
+        Ok(found)
     }
 
     fn latest_worker(&mut self, env_id: &str) -> StorageResult<Option<WorkerVersion>> {
-        self.body(
+        if let Some(hit) = self.registry.latest_worker.get(env_id) {
+            return Ok(hit.clone());
+        }
+        let found: Option<WorkerVersion> = self.body(
             "SELECT body FROM workers WHERE env_id = $1 ORDER BY created_at DESC, seq DESC LIMIT 1",
             &[&env_id],
-        )
+        )?;
+        self.registry.latest_worker.insert(env_id.to_string(), found.clone());
+        Ok(found)
     }
 
     fn find_worker_by_version(
@@ -472,13 +517,20 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn list_workers(&mut self, env_id: &str, max: u32) -> StorageResult<Vec<WorkerVersion>> {
-        self.bodies(
+        let key = (env_id.to_string(), max);
+        if let Some(hit) = self.registry.worker_lists.get(&key) {
+            return Ok(hit.clone());
+        }
+        let found: Vec<WorkerVersion> = self.bodies(
             "SELECT body FROM workers WHERE env_id = $1 ORDER BY created_at DESC, seq DESC LIMIT $2",
             &[&env_id, &i64::from(max)],
-        )
+        )?;
+        self.registry.worker_lists.insert(key, found.clone());
+        Ok(found)
     }
 
     fn upsert_task(&mut self, t: &TaskDef) -> StorageResult<()> {
+        self.registry_write()?;
         let body = encode(t)?;
         self.exec(
             "INSERT INTO tasks (env_id, worker_id, slug, body) VALUES ($1, $2, $3, $4)
@@ -489,20 +541,33 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn get_task(&mut self, env_id: &str, worker_id: &str, slug: &str) -> StorageResult<Option<TaskDef>> {
-        self.body(
+        let key = (env_id.to_string(), worker_id.to_string(), slug.to_string());
+        if let Some(hit) = self.registry.tasks.get(&key) {
+            return Ok(hit.clone());
+        }
+        let found: Option<TaskDef> = self.body(
             "SELECT body FROM tasks WHERE env_id = $1 AND worker_id = $2 AND slug = $3",
             &[&env_id, &worker_id, &slug],
-        )
+        )?;
+        self.registry.tasks.insert(key, found.clone());
+        Ok(found)
     }
 
     fn list_tasks(&mut self, env_id: &str, worker_id: &str) -> StorageResult<Vec<TaskDef>> {
-        self.bodies(
+        let key = (env_id.to_string(), worker_id.to_string());
+        if let Some(hit) = self.registry.task_lists.get(&key) {
+            return Ok(hit.clone());
+        }
+        let found: Vec<TaskDef> = self.bodies(
             "SELECT body FROM tasks WHERE env_id = $1 AND worker_id = $2 ORDER BY slug",
             &[&env_id, &worker_id],
-        )
+        )?;
+        self.registry.task_lists.insert(key, found.clone());
+        Ok(found)
     }
 
     fn upsert_queue(&mut self, q: &QueueDef) -> StorageResult<()> {
+        self.registry_write()?;
         let body = encode(q)?;
         let limit = q.concurrency_limit.map(to_i32);
         self.exec(
@@ -516,7 +581,14 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn get_queue(&mut self, env_id: &str, name: &str) -> StorageResult<Option<QueueDef>> {
-        self.body("SELECT body FROM queues WHERE env_id = $1 AND name = $2", &[&env_id, &name])
+        let key = (env_id.to_string(), name.to_string());
+        if let Some(hit) = self.registry.queues.get(&key) {
+            return Ok(hit.clone());
+        }
+        let found: Option<QueueDef> =
+            self.body("SELECT body FROM queues WHERE env_id = $1 AND name = $2", &[&env_id, &name])?;
+        self.registry.queues.insert(key, found.clone());
+        Ok(found)
     }
 
     fn list_queues(&mut self, env_id: &str) -> StorageResult<Vec<QueueDef>> {
@@ -551,6 +623,26 @@ impl Tx for PostgresTx<'_> {
 
     fn lock_run(&mut self, id: &str) -> StorageResult<Option<Run>> {
         self.body("SELECT body FROM runs WHERE id = $1 FOR UPDATE", &[&id])
+    }
+
+    fn lock_runs(&mut self, ids: &[&str]) -> StorageResult<Vec<Run>> {
+        match ids {
+            [] => Ok(Vec::new()),
+            [id] => Ok(self.lock_run(id)?.into_iter().collect()),
+            _ => self.bodies("SELECT body FROM runs WHERE id = ANY($1) FOR UPDATE", &[&ids]),
+        }
+    }
+
+    fn lock_run_with_payload(&mut self, id: &str) -> StorageResult<Option<(Run, Option<Packet>)>> {
+        let rows = self.query(
+            "SELECT r.body, d.payload, d.payload_type FROM runs r LEFT JOIN run_data d ON d.run_id = r.id
+             WHERE r.id = $1 FOR UPDATE OF r",
+            &[&id],
+        )?;
+        match rows.first() {
+            Some(row) => Ok(Some((decode(&get::<String>(row, 0)?)?, packet(get(row, 1)?, get(row, 2)?)))),
+            None => Ok(None),
+        }
     }
 
     fn get_run(&mut self, id: &str) -> StorageResult<Option<Run>> {
@@ -669,12 +761,10 @@ impl Tx for PostgresTx<'_> {
     // Execution snapshots.
 
     fn insert_snapshot(&mut self, s: &Snapshot) -> StorageResult<()> {
-        let body = encode(s)?;
-        self.exec(
-            "INSERT INTO snapshots (id, run_id, body) VALUES ($1, $2, $3)",
-            &[&s.id, &s.run_id, &body],
-        )?;
-        Ok(())
+        // Snapshot ids are fresh: nothing can fail here that the next call would not report.
+        let params: Vec<Param> =
+            vec![Box::new(s.id.clone()), Box::new(s.run_id.clone()), Box::new(encode(s)?)];
+        self.defer("INSERT INTO snapshots (id, run_id, body) VALUES ($1, $2, $3)", params, None)
     }
 
     fn get_snapshot(&mut self, id: &str) -> StorageResult<Option<Snapshot>> {

@@ -134,3 +134,58 @@ fn a_broken_connection_is_replaced_on_the_next_begin() {
     assert!(tx.get_environment("env_1").expect("read").is_some());
     tx.commit().expect("commit");
 }
+
+/// Each store keeps the registry rows it read between transactions. A change committed by
+/// another store on the same schema (another replica) is seen by the next transaction, and
+/// a change rolled back is never seen, not even by the store that made it.
+#[test]
+fn registry_rows_kept_between_transactions_follow_other_replicas_and_rollbacks() {
+    let schemas = Schemas::new("registry");
+    let schema = schemas.create();
+    let (mut a, mut b) = (schemas.store_in(&schema), schemas.store_in(&schema));
+    let mut env = Environment {
+        id: "env_r".into(),
+        project_id: "proj".into(),
+        kind: EnvironmentType::Production,
+        concurrency_limit: 10,
+        paused: false,
+        created_at: 0,
+    };
+    let limit_seen = |store: &mut PostgresStore| {
+        let mut tx = store.begin().expect("begin");
+        let env = tx.get_environment("env_r").expect("read");
+        tx.commit().expect("commit");
+        env.map(|e| e.concurrency_limit)
+    };
+    // B reads (and keeps) "no such environment", then A creates it.
+    assert_eq!(limit_seen(&mut b), None);
+    let mut tx = a.begin().expect("begin");
+    tx.insert_environment(&env).expect("insert");
+    tx.commit().expect("commit");
+    assert_eq!(limit_seen(&mut b), Some(10), "B sees A's new environment");
+    assert_eq!(limit_seen(&mut b), Some(10), "and keeps it");
+
+    env.concurrency_limit = 3;
+    let mut tx = a.begin().expect("begin");
+    tx.update_environment(&env).expect("update");
+    tx.commit().expect("commit");
+    assert_eq!(limit_seen(&mut b), Some(3), "B sees A's change");
+
+    // B changes it, reads its own change inside the transaction, and rolls back.
+    let mut tx = b.begin().expect("begin");
+    tx.update_environment(&Environment { concurrency_limit: 7, ..env.clone() }).expect("update");
+    assert_eq!(tx.get_environment("env_r").expect("read").map(|e| e.concurrency_limit), Some(7));
+    drop(tx);
+    assert_eq!(limit_seen(&mut b), Some(3), "B forgot its rolled-back change");
+    assert_eq!(limit_seen(&mut a), Some(3));
+
+    // The same within a savepoint.
+    let mut tx = b.begin().expect("begin");
+    tx.savepoint().expect("savepoint");
+    tx.update_environment(&Environment { concurrency_limit: 8, ..env.clone() }).expect("update");
+    assert_eq!(tx.get_environment("env_r").expect("read").map(|e| e.concurrency_limit), Some(8));
+    tx.rollback_to_savepoint().expect("rollback");
+    assert_eq!(tx.get_environment("env_r").expect("read").map(|e| e.concurrency_limit), Some(3));
+    tx.commit().expect("commit");
+    assert_eq!(limit_seen(&mut a), Some(3));
+}

@@ -46,7 +46,6 @@
 //! [`Tx::release`]: trigger_engine::storage::Tx::release
 //! [`Tx::get_subqueue`]: trigger_engine::storage::Tx::get_subqueue
 
-mod cache;
 mod error;
 mod store;
 mod tx;

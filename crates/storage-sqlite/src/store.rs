@@ -57,7 +57,9 @@ pub struct SqliteOptions {
 /// serialize on SQLite's write lock, since [`Store::begin`] takes it up front.
 pub struct SqliteStore {
     conn: Connection,
-    registry: crate::cache::Registry,
+    /// Registry rows read in earlier transactions. A SQLite file is served by one engine
+    /// process (see `docs/architecture.md`), so only this store's own writes change them.
+    registry: trigger_engine::storage::RegistryCache,
 }
 
 impl std::fmt::Debug for SqliteStore {

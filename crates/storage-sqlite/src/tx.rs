@@ -15,10 +15,9 @@ use trigger_engine::model::{
     Run, RunEvent, RunFilter, Snapshot, Subqueue, TaskDef, Timer, TimerKind, Waitpoint, WaitpointFilter,
     WorkerVersion,
 };
-use trigger_engine::storage::{ErrorKind, StorageError, StorageResult, Tx};
+use trigger_engine::storage::{ErrorKind, RegistryCache, StorageError, StorageResult, Tx};
 use trigger_types::{Millis, RunStatus, WaitpointStatus};
 
-use crate::cache::Registry;
 use crate::error::{decode, encode, from_sqlite, kind_of, DbResult};
 
 /// Page size when [`Page::size`] is 0.
@@ -28,7 +27,7 @@ const DEFAULT_PAGE_SIZE: u32 = 25;
 /// [`Tx::commit`] rolls it back.
 pub struct SqliteTx<'c> {
     conn: &'c Connection,
-    registry: &'c mut Registry,
+    registry: &'c mut RegistryCache,
     /// Still needs a `COMMIT` or `ROLLBACK`.
     open: bool,
     /// Set when SQLite rolled the whole transaction back on an error (I/O, disk full, …).
@@ -68,7 +67,7 @@ impl RunColumns {
 
 impl<'c> SqliteTx<'c> {
     /// Wraps a connection on which `BEGIN` has just run.
-    pub(crate) fn new(conn: &'c Connection, registry: &'c mut Registry) -> Self {
+    pub(crate) fn new(conn: &'c Connection, registry: &'c mut RegistryCache) -> Self {
         SqliteTx { conn, registry, open: true, aborted: Cell::new(None), run_columns: RefCell::default() }
     }
 
@@ -1243,7 +1242,7 @@ mod tests {
              BEGIN;",
         )
         .unwrap();
-        let mut registry = crate::cache::Registry::default();
+        let mut registry = RegistryCache::default();
         let mut tx = SqliteTx::new(&conn, &mut registry);
         assert_eq!(tx.get_environment("env_bad").unwrap_err().kind, ErrorKind::Corrupt);
         assert_eq!(tx.get_environment("env_int").unwrap_err().kind, ErrorKind::Corrupt);
@@ -1266,7 +1265,7 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         SqliteStore::prepare_schema(&conn).unwrap();
         conn.execute_batch("BEGIN").unwrap();
-        let mut registry = crate::cache::Registry::default();
+        let mut registry = RegistryCache::default();
         let mut tx = SqliteTx::new(&conn, &mut registry);
         tx.insert_environment(&env("env_1")).unwrap();
         // A statement that makes SQLite roll back the whole transaction, as it does itself

@@ -66,7 +66,10 @@ pub(crate) fn start_attempt(
     run_id: &str,
     snapshot_id: &str,
 ) -> Result<StartedAttempt> {
-    let mut run = txn.lock_run_in(env_id, run_id)?;
+    let (mut run, payload) = match txn.tx.lock_run_with_payload(run_id)? {
+        Some((run, payload)) if run.env_id == env_id => (run, payload.unwrap_or_default()),
+        _ => return Err(crate::error::not_found("Run", run_id)),
+    };
     txn.check_snapshot(&run, snapshot_id)?;
     if run.execution_status != ExecutionStatus::PendingExecuting {
         return Err(Error::InvalidState(format!(
@@ -83,7 +86,6 @@ pub(crate) fn start_attempt(
     let snapshot = txn.snapshot(&mut run, ExecutionStatus::Executing, &description, Vec::new())?;
     txn.arm_heartbeat(&run)?;
     txn.save_run(&mut run)?;
-    let payload = txn.tx.get_payload(&run.id)?.unwrap_or_default();
     let environment = crate::lifecycle::registry::environment(txn, env_id)?;
     let worker = match &run.worker_id {
         Some(id) => txn.tx.get_worker(id)?,

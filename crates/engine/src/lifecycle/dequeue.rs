@@ -1,11 +1,11 @@
 //! Claiming runs: a worker asks for work that fits its free capacity and gets runs whose
 //! queue, concurrency key and environment each have a free slot, oldest (by score) first.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use trigger_types::{ExecutionStatus, MachinePreset, RunStatus};
 
-use crate::error::Result;
+use crate::error::{not_found, Result};
 use crate::lifecycle::{attempt, queue, registry};
 use crate::model::{Holder, Run, Snapshot, TaskDef, TimerKind, WorkerVersion};
 use crate::txn::Txn;
@@ -78,10 +78,14 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
             let free = limit.saturating_sub(sub.running).min(env_limit - env_running);
             let entries =
                 txn.tx.peek_subqueue(env_id, &sub.queue, &sub.concurrency_key, free.min(want.max(1)))?;
+            // The entries' runs, read (and locked) together.
+            let ids: Vec<&str> = entries.iter().map(|e| e.run_id.as_str()).collect();
+            let mut runs: HashMap<String, Run> =
+                txn.tx.lock_runs(&ids)?.into_iter().map(|run| (run.id.clone(), run)).collect();
             // The runs this subqueue gives: taken off the queue and given their slots together.
             let mut claimed: Vec<(Run, TaskDef, MachinePreset)> = Vec::new();
             for entry in entries {
-                let mut run = txn.lock_run(&entry.run_id)?;
+                let mut run = runs.remove(&entry.run_id).ok_or_else(|| not_found("Run", &entry.run_id))?;
                 if entry.resume {
                     txn.tx.dequeue_entry(&entry.run_id)?;
                     queue::promote(txn, &mut run)?;

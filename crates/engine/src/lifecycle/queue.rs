@@ -110,21 +110,19 @@ pub(crate) fn release(txn: &mut Txn<'_>, run: &Run) -> Result<()> {
 /// wait for a slot (`QUEUED_EXECUTING`), while slots are free.
 pub(crate) fn pump_resumes(txn: &mut Txn<'_>, env_id: &str, queue: &str, key: &str) -> Result<()> {
     loop {
+        // The head first: most of the time it is fresh work (or nothing), and then there is
+        // no limit to check.
+        let head = txn.tx.peek_subqueue(env_id, queue, key, 1)?;
+        let Some(entry) = head.into_iter().next().filter(|entry| entry.resume) else { return Ok(()) };
         let Some(sub) = txn.tx.get_subqueue(env_id, queue, key)? else { return Ok(()) };
         let (env_limit, env_running) = env_capacity(txn, env_id)?;
         let limit = sub.limit.unwrap_or(env_limit).min(env_limit);
         if sub.paused || sub.running >= limit || env_running >= env_limit {
             return Ok(());
         }
-        let head = txn.tx.peek_subqueue(env_id, queue, key, 1)?;
-        match head.into_iter().next() {
-            Some(entry) if entry.resume => {
-                txn.tx.dequeue_entry(&entry.run_id)?;
-                let mut run = txn.lock_run(&entry.run_id)?;
-                promote(txn, &mut run)?;
-            }
-            _ => return Ok(()),
-        }
+        txn.tx.dequeue_entry(&entry.run_id)?;
+        let mut run = txn.lock_run(&entry.run_id)?;
+        promote(txn, &mut run)?;
     }
 }
 
