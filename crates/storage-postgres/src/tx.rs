@@ -834,6 +834,22 @@ impl Tx for PostgresTx<'_> {
         )
     }
 
+    fn dequeue_entries(&mut self, run_ids: &[&str]) -> StorageResult<()> {
+        if run_ids.len() < 2 {
+            return run_ids.iter().try_for_each(|id| self.dequeue_entry(id).map(drop));
+        }
+        let ids: Vec<String> = run_ids.iter().map(|id| id.to_string()).collect();
+        // Nobody reads the answer: sent with the claim's next statement.
+        self.defer(
+            "WITH d AS (DELETE FROM ready WHERE run_id = ANY($1) RETURNING env_id, queue, ck),
+                  c AS (SELECT env_id, queue, ck, count(*)::integer AS n FROM d GROUP BY env_id, queue, ck)
+             UPDATE subqueues s SET ready_count = greatest(s.ready_count - c.n, 0) FROM c
+             WHERE s.env_id = c.env_id AND s.queue = c.queue AND s.ck = c.ck",
+            vec![Box::new(ids)],
+            None,
+        )
+    }
+
     fn claimable_subqueues(
         &mut self,
         env_id: &str,
@@ -898,6 +914,42 @@ impl Tx for PostgresTx<'_> {
             &[&h.run_id, &h.env_id, &h.queue, &h.concurrency_key],
         )?;
         Ok(n == 1)
+    }
+
+    fn acquire_many(&mut self, holders: &[Holder]) -> StorageResult<u32> {
+        if holders.len() < 2 {
+            return holders.iter().try_fold(0, |n, h| Ok(n + u32::from(self.acquire(h)?)));
+        }
+        let column =
+            |f: fn(&Holder) -> &String| holders.iter().map(|h| f(h).clone()).collect::<Vec<String>>();
+        let (runs, envs, queues, keys) = (
+            column(|h| &h.run_id),
+            column(|h| &h.env_id),
+            column(|h| &h.queue),
+            column(|h| &h.concurrency_key),
+        );
+        // As `acquire`, for all of them: the environment rows change before the subqueue rows.
+        let rows = self.query(
+            "WITH h AS (INSERT INTO holders (run_id, env_id, queue, ck)
+                        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+                        ON CONFLICT (run_id) DO NOTHING RETURNING env_id, queue, ck),
+                  e AS (INSERT INTO env_running (env_id, running)
+                        SELECT env_id, count(*)::integer FROM h GROUP BY env_id
+                        ON CONFLICT (env_id) DO UPDATE SET running = env_running.running + excluded.running
+                        RETURNING 1),
+                  s AS (INSERT INTO subqueues (env_id, queue, ck, ready_count, running, lim, paused)
+                        SELECT h.env_id, h.queue, h.ck, 0, count(*)::integer,
+                               (SELECT lim FROM queues WHERE env_id = h.env_id AND name = h.queue),
+                               coalesce((SELECT paused FROM queues WHERE env_id = h.env_id AND name = h.queue),
+                                        false)
+                        FROM h WHERE (SELECT count(*) FROM e) > 0
+                        GROUP BY h.env_id, h.queue, h.ck
+                        ON CONFLICT (env_id, queue, ck) DO UPDATE SET running = subqueues.running + excluded.running)
+             SELECT count(*) FROM h",
+            &[&runs, &envs, &queues, &keys],
+        )?;
+        let n: i64 = rows.first().map_or(Ok(0), |r| get(r, 0))?;
+        Ok(u32::try_from(n).unwrap_or(0))
     }
 
     fn release(&mut self, run_id: &str) -> StorageResult<bool> {
@@ -1095,12 +1147,27 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn update_batch(&mut self, b: &Batch) -> StorageResult<()> {
-        let body = encode(b)?;
-        let n = self.exec(
+        let params: Vec<Param> = vec![
+            Box::new(b.id.clone()),
+            Box::new(b.env_id.clone()),
+            Box::new(b.idempotency_key.clone()),
+            Box::new(encode(b)?),
+        ];
+        if b.idempotency_key.is_some() {
+            // A key can collide with another batch's: wait for the answer.
+            let refs: Vec<&(dyn ToSql + Sync)> =
+                params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+            let n = self.exec(
+                "UPDATE batches SET env_id = $2, idempotency_key = $3, body = $4 WHERE id = $1",
+                &refs,
+            )?;
+            return must_exist(n, "batch", &b.id);
+        }
+        self.defer(
             "UPDATE batches SET env_id = $2, idempotency_key = $3, body = $4 WHERE id = $1",
-            &[&b.id, &b.env_id, &b.idempotency_key, &body],
-        )?;
-        must_exist(n, "batch", &b.id)
+            params,
+            Some(format!("batch {} does not exist", b.id)),
+        )
     }
 
     fn find_batch_by_key(&mut self, env_id: &str, key: &str) -> StorageResult<Option<Batch>> {

@@ -1,6 +1,8 @@
 //! Batches: created with an expected item count, filled idempotently by index, sealed when
 //! every item is in; a waiting parent resumes when all of the batch's runs have finished.
 
+use std::collections::HashSet;
+
 use trigger_types::{ids, BatchStatus, RunStatus, WaitpointType};
 
 use crate::config::limits;
@@ -114,6 +116,12 @@ pub(crate) fn add_items(
         }
     }
     let (mut accepted, mut deduplicated) = (0, 0);
+    // The indexes already recorded, read once (a batch's first request has none).
+    let mut recorded: HashSet<u32> = if batch.run_count > 0 {
+        txn.tx.list_batch_items(&batch.id)?.into_iter().map(|(index, _)| index).collect()
+    } else {
+        HashSet::new()
+    };
     for item in items {
         if batch.sealed || batch.errors.iter().any(|e| e.index == item.index) {
             deduplicated += 1;
@@ -127,7 +135,7 @@ pub(crate) fn add_items(
             request.options.parent_run_id = batch.parent_run_id.clone();
         }
         let slot = BatchSlot { batch_id: batch.id.clone(), index: item.index };
-        if txn.tx.get_batch_item(&batch.id, item.index)?.is_some() {
+        if !recorded.insert(item.index) {
             deduplicated += 1;
             continue;
         }
