@@ -22,7 +22,7 @@ use crate::lifecycle::{
     attempt, batch, cancel, dequeue, manage, metadata, queue, registry, timers, trigger, wait,
 };
 use crate::model::*;
-use crate::runtime::{Notifier, Writer};
+use crate::runtime::{Notifier, RunHint, Writer};
 use crate::storage::Store;
 use crate::txn::{RunChange, Txn};
 
@@ -124,7 +124,18 @@ impl Engine {
         T: Send + 'static,
         F: FnMut(&mut Txn<'_>) -> Result<T> + Send + 'static,
     {
-        self.inner.writer.call(f).await
+        self.inner.writer.call(None, f).await
+    }
+
+    /// [`Engine::call`] for a command that starts by changing one run (`payload`: and reads
+    /// its payload), named so the store can read the runs of a whole batch at once.
+    async fn call_on_run<T, F>(&self, run_id: &str, payload: bool, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut Txn<'_>) -> Result<T> + Send + 'static,
+    {
+        let hint = RunHint { run_id: run_id.to_string(), payload };
+        self.inner.writer.call(Some(hint), f).await
     }
 
     /// Every run change after commit: for pushing snapshots to workers and live views.
@@ -298,7 +309,7 @@ impl Engine {
     /// runs it claimed are handed back to their queues instead of waiting out their lease.
     pub async fn dequeue(&self, env_id: &str, request: DequeueRequest) -> Result<Vec<Dequeued>> {
         let env = env_id.to_string();
-        let receiver = self.inner.writer.submit(move |txn| dequeue::dequeue(txn, &env, &request))?;
+        let receiver = self.inner.writer.submit(None, move |txn| dequeue::dequeue(txn, &env, &request))?;
         let mut claim =
             UnreceivedClaim { receiver: Some(receiver), engine: self.clone(), env_id: env_id.to_string() };
         let receiver = claim.receiver.as_mut().ok_or(crate::Error::Shutdown)?;
@@ -337,7 +348,9 @@ impl Engine {
         snapshot_id: &str,
     ) -> Result<StartedAttempt> {
         let (env_id, run_id, snapshot_id) = (env_id.to_string(), run_id.to_string(), snapshot_id.to_string());
-        self.call(move |txn| attempt::start_attempt(txn, &env_id, &run_id, &snapshot_id)).await
+        let hint = run_id.clone();
+        self.call_on_run(&hint, true, move |txn| attempt::start_attempt(txn, &env_id, &run_id, &snapshot_id))
+            .await
     }
 
     pub async fn complete_attempt(
@@ -349,7 +362,8 @@ impl Engine {
         flushed_metadata: Option<MetadataUpdate>,
     ) -> Result<AttemptOutcome> {
         let (env_id, run_id, snapshot_id) = (env_id.to_string(), run_id.to_string(), snapshot_id.to_string());
-        self.call(move |txn| {
+        let hint = run_id.clone();
+        self.call_on_run(&hint, false, move |txn| {
             attempt::complete_attempt(
                 txn,
                 &env_id,
@@ -365,7 +379,9 @@ impl Engine {
     /// Extends the lease of the run's current snapshot.
     pub async fn heartbeat(&self, env_id: &str, run_id: &str, snapshot_id: &str) -> Result<()> {
         let (env_id, run_id, snapshot_id) = (env_id.to_string(), run_id.to_string(), snapshot_id.to_string());
-        self.call(move |txn| attempt::heartbeat(txn, &env_id, &run_id, &snapshot_id)).await
+        let hint = run_id.clone();
+        self.call_on_run(&hint, false, move |txn| attempt::heartbeat(txn, &env_id, &run_id, &snapshot_id))
+            .await
     }
 
     /// The run and its latest snapshot.
@@ -636,7 +652,7 @@ impl Engine {
                 .iter()
                 .map(|slot| {
                     let slot = slot.clone();
-                    self.inner.writer.submit(move |txn| timers::fire_next(txn, &slot))
+                    self.inner.writer.submit(None, move |txn| timers::fire_next(txn, &slot))
                 })
                 .collect::<Result<Vec<_>>>()?;
             let mut exhausted = false;

@@ -17,6 +17,8 @@ use crate::txn::{Effect, RunChange, Txn};
 /// A command for the writer thread. `apply` may run more than once when a transaction is
 /// retried after a lost race; `finish` runs once, after the commit.
 pub(crate) trait Command: Send {
+    /// The run the command reads and changes first, if it names one up front.
+    fn hint(&self) -> Option<&RunHint>;
     fn apply(&mut self, txn: &mut Txn<'_>) -> Applied;
     fn finish(self: Box<Self>, commit: std::result::Result<(), StorageError>);
 }
@@ -33,7 +35,17 @@ pub(crate) enum Applied {
     Conflict,
 }
 
+/// A run a command is about to change, told to the store before the batch's commands run
+/// so that it can read all of them at once ([`crate::storage::Tx::prefetch_runs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RunHint {
+    pub run_id: String,
+    /// The command also reads the run's payload (an attempt start).
+    pub payload: bool,
+}
+
 struct Call<T, F> {
+    hint: Option<RunHint>,
     f: F,
     result: Option<Result<T>>,
     reply: oneshot::Sender<Result<T>>,
@@ -44,6 +56,10 @@ where
     T: Send + 'static,
     F: FnMut(&mut Txn<'_>) -> Result<T> + Send + 'static,
 {
+    fn hint(&self) -> Option<&RunHint> {
+        self.hint.as_ref()
+    }
+
     fn apply(&mut self, txn: &mut Txn<'_>) -> Applied {
         let result = (self.f)(txn);
         let applied = match &result {
@@ -137,24 +153,24 @@ impl Writer {
 
     /// Hands a command to the writer thread at once; the returned receiver yields its result
     /// after the commit.
-    pub(crate) fn submit<T, F>(&self, f: F) -> Result<oneshot::Receiver<Result<T>>>
+    pub(crate) fn submit<T, F>(&self, hint: Option<RunHint>, f: F) -> Result<oneshot::Receiver<Result<T>>>
     where
         T: Send + 'static,
         F: FnMut(&mut Txn<'_>) -> Result<T> + Send + 'static,
     {
         let (reply, receiver) = oneshot::channel();
-        let command: Box<dyn Command> = Box::new(Call { f, result: None, reply });
+        let command: Box<dyn Command> = Box::new(Call { hint, f, result: None, reply });
         let sender = self.sender.lock().unwrap_or_else(|e| e.into_inner());
         sender.as_ref().ok_or(Error::Shutdown)?.send(command).map_err(|_| Error::Shutdown)?;
         Ok(receiver)
     }
 
-    pub(crate) async fn call<T, F>(&self, f: F) -> Result<T>
+    pub(crate) async fn call<T, F>(&self, hint: Option<RunHint>, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnMut(&mut Txn<'_>) -> Result<T> + Send + 'static,
     {
-        self.submit(f)?.await.map_err(|_| Error::Shutdown)?
+        self.submit(hint, f)?.await.map_err(|_| Error::Shutdown)?
     }
 
     /// Stops accepting commands, lets the thread finish the queued ones, and waits for it.
@@ -233,6 +249,16 @@ fn run_batch(
     careful: bool,
 ) -> std::result::Result<bool, StorageError> {
     let mut tx = store.begin()?;
+    let (mut runs, mut payloads) = (Vec::new(), Vec::new());
+    for hint in batch.iter().filter_map(|command| command.hint()) {
+        runs.push(hint.run_id.as_str());
+        if hint.payload {
+            payloads.push(hint.run_id.as_str());
+        }
+    }
+    if !runs.is_empty() {
+        tx.prefetch_runs(&runs, &payloads)?;
+    }
     for command in batch.iter_mut() {
         if !careful {
             match command.apply(&mut Txn { tx: tx.as_mut(), now, config, effects, last_snapshot: None }) {

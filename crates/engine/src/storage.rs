@@ -192,6 +192,16 @@ pub trait Tx {
             None => Ok(None),
         }
     }
+    /// A hint that the transaction's commands are about to read (and change) these runs,
+    /// and the payloads of `with_payload` (attempt starts). A backend whose reads are round
+    /// trips may read them all now and answer the later [`Tx::lock_run`] and
+    /// [`Tx::lock_run_with_payload`] calls from what it read, locked; such a backend must
+    /// keep what it answers equal to what it would read (its own writes included, rollbacks
+    /// undone). Default: nothing (reads are cheap).
+    fn prefetch_runs(&mut self, ids: &[&str], with_payload: &[&str]) -> StorageResult<()> {
+        let _ = (ids, with_payload);
+        Ok(())
+    }
     /// Reads a run.
     fn get_run(&mut self, id: &str) -> StorageResult<Option<Run>>;
     /// Writes an existing run (not its payload or output). The fields fixed at insert —
@@ -278,6 +288,22 @@ pub trait Tx {
     }
     /// Frees a run's slot and decrements the counts. Returns false when it held none.
     fn release(&mut self, run_id: &str) -> StorageResult<bool>;
+    /// [`Tx::release`], and when a slot was freed, the first ready entry of the subqueue
+    /// `(env_id, queue, concurrency_key)` (the run's own): what a completion does next. A
+    /// backend may do both in one statement.
+    fn release_and_peek(
+        &mut self,
+        run_id: &str,
+        env_id: &str,
+        queue: &str,
+        concurrency_key: &str,
+    ) -> StorageResult<(bool, Option<ReadyEntry>)> {
+        if !self.release(run_id)? {
+            return Ok((false, None));
+        }
+        let head = self.peek_subqueue(env_id, queue, concurrency_key, 1)?;
+        Ok((true, head.into_iter().next()))
+    }
     fn get_holder(&mut self, run_id: &str) -> StorageResult<Option<Holder>>;
 
     // Timers.

@@ -12,6 +12,15 @@
 //! only by `± 1` on the latest row version, so they stay exact under concurrency. `acquire`
 //! and `release` touch the environment row before the subqueue row, the order the limit
 //! checks lock them in.
+//!
+//! What keeps round trips few: writes nobody reads the answer of are pipelined (sent at once,
+//! checked with the next call); runs and batches the transaction locked or wrote are kept
+//! and answered from memory (the engine names the runs of a whole batch of commands up
+//! front, [`Tx::prefetch_runs`], so they are read in one statement); a claim dequeues and
+//! takes slots in one statement each; registry rows are kept across transactions while the
+//! schema's registry generation stands still.
+
+use std::collections::HashMap;
 
 use serde::de::DeserializeOwned;
 use tokio_postgres::types::ToSql;
@@ -40,6 +49,12 @@ pub struct PostgresTx<'s> {
     registry: &'s mut RegistryCache,
     /// This transaction already counted a registry write in `registry_generation`.
     registry_counted: bool,
+    /// Runs this transaction read locked or wrote, as a read would find them now, with the
+    /// payload when it was read too. Only this transaction can change them until it ends
+    /// (rows are locked, and writers take turns), so they are answered from here.
+    runs: HashMap<String, (Run, Option<Option<Packet>>)>,
+    /// Batches read locked or written, the same way.
+    batches: HashMap<String, Batch>,
     /// `(channel, origin)` when effects are announced with `NOTIFY`.
     notify: Option<(&'s str, &'s str)>,
     /// Still needs a `COMMIT` or `ROLLBACK`.
@@ -55,7 +70,44 @@ impl<'s> PostgresTx<'s> {
         registry: &'s mut RegistryCache,
         notify: Option<(&'s str, &'s str)>,
     ) -> Self {
-        PostgresTx { session, registry, registry_counted: false, notify, open: true, failed: None }
+        PostgresTx {
+            session,
+            registry,
+            registry_counted: false,
+            runs: HashMap::new(),
+            batches: HashMap::new(),
+            notify,
+            open: true,
+            failed: None,
+        }
+    }
+
+    /// Forgets every row kept in memory (a rollback may have undone them).
+    fn forget_rows(&mut self) {
+        self.registry.clear();
+        self.runs.clear();
+        self.batches.clear();
+    }
+
+    /// Locks and reads runs (and the payloads of `with_payload`) in one statement, keeping
+    /// them.
+    fn read_runs(&mut self, ids: &[&str], with_payload: &[&str]) -> StorageResult<()> {
+        let rows = self.query(
+            "SELECT r.body, d.payload, d.payload_type, d.run_id IS NOT NULL FROM runs r
+             LEFT JOIN run_data d ON d.run_id = r.id AND r.id = ANY($2)
+             WHERE r.id = ANY($1) FOR UPDATE OF r",
+            &[&ids, &with_payload],
+        )?;
+        for row in &rows {
+            let run: Run = decode(&get::<String>(row, 0)?)?;
+            let payload = if get::<bool>(row, 3)? || with_payload.contains(&run.id.as_str()) {
+                Some(packet(get(row, 1)?, get(row, 2)?))
+            } else {
+                None
+            };
+            self.runs.entry(run.id.clone()).or_insert((run, payload));
+        }
+        Ok(())
     }
 
     /// Before a registry write: forget the kept rows, and count the write in the schema's
@@ -193,7 +245,7 @@ impl<'s> PostgresTx<'s> {
 impl Drop for PostgresTx<'_> {
     fn drop(&mut self) {
         if self.open {
-            self.registry.clear();
+            self.forget_rows();
             // Nothing to report to; a connection that fails here is dropped by the session
             // (and the server rolls back with it).
             self.session.forget_deferred();
@@ -231,6 +283,16 @@ fn must_exist(changed: u64, what: &str, id: &str) -> StorageResult<()> {
 fn packet(data: Option<String>, data_type: Option<String>) -> Option<Packet> {
     data_type.map(|data_type| Packet { data, data_type })
 }
+
+/// Frees the slot of run `$1`: the CTEs of a statement that goes on with a `SELECT` (`h`
+/// holds the freed slot). The environment row changes before the subqueue row, the order
+/// the limit checks lock them in.
+const RELEASE: &str = "WITH h AS (DELETE FROM holders WHERE run_id = $1 RETURNING env_id, queue, ck),
+          e AS (UPDATE env_running r SET running = greatest(r.running - 1, 0) FROM h
+                WHERE r.env_id = h.env_id RETURNING 1),
+          s AS (UPDATE subqueues q SET running = greatest(q.running - 1, 0) FROM h
+                WHERE q.env_id = h.env_id AND q.queue = h.queue AND q.ck = h.ck
+                  AND (SELECT count(*) FROM e) >= 0)";
 
 /// The columns every subqueue read selects; the head score is the lowest ready score.
 const SUBQUEUE_COLUMNS: &str = "s.env_id, s.queue, s.ck, s.ready_count, s.running, s.lim, s.paused,
@@ -308,7 +370,7 @@ impl Tx for PostgresTx<'_> {
         if let Some(e) = self.failed.take() {
             // PostgreSQL would answer COMMIT with a rollback; say so instead.
             self.open = false;
-            self.registry.clear();
+            self.forget_rows();
             self.session.forget_deferred();
             let _ = self.session.batch("ROLLBACK");
             return Err(StorageError::new(e.kind, format!("transaction rolled back after: {}", e.message)));
@@ -317,7 +379,7 @@ impl Tx for PostgresTx<'_> {
         let committed = self.session.batch("COMMIT");
         if committed.is_err() {
             // Rows kept during the transaction may not be what the database holds.
-            self.registry.clear();
+            self.forget_rows();
         }
         committed
     }
@@ -333,7 +395,7 @@ impl Tx for PostgresTx<'_> {
     fn rollback_to_savepoint(&mut self) -> StorageResult<()> {
         // ROLLBACK TO keeps the savepoint; RELEASE pops it. It also ends a failed state,
         // whatever the writes it undoes answered.
-        self.registry.clear();
+        self.forget_rows();
         self.session.forget_deferred();
         self.session.batch("ROLLBACK TO SAVEPOINT sp; RELEASE SAVEPOINT sp")?;
         self.failed = None;
@@ -608,6 +670,7 @@ impl Tx for PostgresTx<'_> {
              INSERT INTO run_data (run_id, payload, payload_type) SELECT id, $16, $17 FROM r
              ON CONFLICT (run_id) DO UPDATE SET
                  payload = excluded.payload, payload_type = excluded.payload_type";
+        self.runs.remove(&run.id);
         let mut params = Self::run_params(run)?;
         params.push(Box::new(payload.data.clone()));
         params.push(Box::new(payload.data_type.clone()));
@@ -622,30 +685,51 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn lock_run(&mut self, id: &str) -> StorageResult<Option<Run>> {
-        self.body("SELECT body FROM runs WHERE id = $1 FOR UPDATE", &[&id])
+        if !self.runs.contains_key(id) {
+            self.read_runs(&[id], &[])?;
+        }
+        Ok(self.runs.get(id).map(|(run, _)| run.clone()))
     }
 
     fn lock_runs(&mut self, ids: &[&str]) -> StorageResult<Vec<Run>> {
-        match ids {
-            [] => Ok(Vec::new()),
-            [id] => Ok(self.lock_run(id)?.into_iter().collect()),
-            _ => self.bodies("SELECT body FROM runs WHERE id = ANY($1) FOR UPDATE", &[&ids]),
+        let missing: Vec<&str> = ids.iter().copied().filter(|id| !self.runs.contains_key(*id)).collect();
+        if !missing.is_empty() {
+            self.read_runs(&missing, &[])?;
         }
+        let mut seen = std::collections::HashSet::new();
+        Ok(ids
+            .iter()
+            .filter(|id| seen.insert(**id))
+            .filter_map(|id| self.runs.get(*id).map(|(run, _)| run.clone()))
+            .collect())
     }
 
     fn lock_run_with_payload(&mut self, id: &str) -> StorageResult<Option<(Run, Option<Packet>)>> {
-        let rows = self.query(
-            "SELECT r.body, d.payload, d.payload_type FROM runs r LEFT JOIN run_data d ON d.run_id = r.id
-             WHERE r.id = $1 FOR UPDATE OF r",
-            &[&id],
-        )?;
-        match rows.first() {
-            Some(row) => Ok(Some((decode(&get::<String>(row, 0)?)?, packet(get(row, 1)?, get(row, 2)?)))),
-            None => Ok(None),
+        match self.runs.get(id) {
+            Some((_, Some(_))) => {}
+            Some((_, None)) => {
+                let payload = self.get_payload(id)?;
+                if let Some(entry) = self.runs.get_mut(id) {
+                    entry.1 = Some(payload);
+                }
+            }
+            None => self.read_runs(&[id], &[id])?,
         }
+        Ok(self.runs.get(id).map(|(run, payload)| (run.clone(), payload.clone().flatten())))
+    }
+
+    fn prefetch_runs(&mut self, ids: &[&str], with_payload: &[&str]) -> StorageResult<()> {
+        let missing: Vec<&str> = ids.iter().copied().filter(|id| !self.runs.contains_key(*id)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        self.read_runs(&missing, with_payload)
     }
 
     fn get_run(&mut self, id: &str) -> StorageResult<Option<Run>> {
+        if let Some((run, _)) = self.runs.get(id) {
+            return Ok(Some(run.clone()));
+        }
         self.body("SELECT body FROM runs WHERE id = $1", &[&id])
     }
 
@@ -656,6 +740,12 @@ impl Tx for PostgresTx<'_> {
                  body = $15
              WHERE id = $1";
         let params = Self::run_params(run)?;
+        match self.runs.get_mut(&run.id) {
+            Some(entry) => entry.0 = run.clone(),
+            None => {
+                self.runs.insert(run.id.clone(), (run.clone(), None));
+            }
+        }
         if run.idempotency_key.is_none() {
             // Without a key no constraint can fail: the engine's most frequent write need not
             // wait for its answer.
@@ -952,17 +1042,33 @@ impl Tx for PostgresTx<'_> {
         Ok(u32::try_from(n).unwrap_or(0))
     }
 
-    fn release(&mut self, run_id: &str) -> StorageResult<bool> {
+    fn release_and_peek(
+        &mut self,
+        run_id: &str,
+        env_id: &str,
+        queue: &str,
+        ck: &str,
+    ) -> StorageResult<(bool, Option<ReadyEntry>)> {
         let rows = self.query(
-            "WITH h AS (DELETE FROM holders WHERE run_id = $1 RETURNING env_id, queue, ck),
-                  e AS (UPDATE env_running r SET running = greatest(r.running - 1, 0) FROM h
-                        WHERE r.env_id = h.env_id RETURNING 1),
-                  s AS (UPDATE subqueues q SET running = greatest(q.running - 1, 0) FROM h
-                        WHERE q.env_id = h.env_id AND q.queue = h.queue AND q.ck = h.ck
-                          AND (SELECT count(*) FROM e) >= 0)
-             SELECT count(*) FROM h",
-            &[&run_id],
+            &format!(
+                "{RELEASE}
+                 SELECT (SELECT count(*) FROM h),
+                        (SELECT body FROM ready WHERE env_id = $2 AND queue = $3 AND ck = $4
+                         ORDER BY score, run_id LIMIT 1)"
+            ),
+            &[&run_id, &env_id, &queue, &ck],
         )?;
+        let Some(row) = rows.first() else { return Ok((false, None)) };
+        let released = get::<i64>(row, 0)? > 0;
+        let head: Option<String> = get(row, 1)?;
+        match head {
+            Some(body) if released => Ok((true, Some(decode(&body)?))),
+            _ => Ok((released, None)),
+        }
+    }
+
+    fn release(&mut self, run_id: &str) -> StorageResult<bool> {
+        let rows = self.query(&format!("{RELEASE} SELECT count(*) FROM h"), &[&run_id])?;
         let n: i64 = rows.first().map_or(Ok(0), |r| get(r, 0))?;
         Ok(n > 0)
     }
@@ -1143,10 +1249,18 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn lock_batch(&mut self, id: &str) -> StorageResult<Option<Batch>> {
-        self.body("SELECT body FROM batches WHERE id = $1 FOR UPDATE", &[&id])
+        if let Some(batch) = self.batches.get(id) {
+            return Ok(Some(batch.clone()));
+        }
+        let found: Option<Batch> = self.body("SELECT body FROM batches WHERE id = $1 FOR UPDATE", &[&id])?;
+        if let Some(batch) = &found {
+            self.batches.insert(batch.id.clone(), batch.clone());
+        }
+        Ok(found)
     }
 
     fn update_batch(&mut self, b: &Batch) -> StorageResult<()> {
+        self.batches.insert(b.id.clone(), b.clone());
         let params: Vec<Param> = vec![
             Box::new(b.id.clone()),
             Box::new(b.env_id.clone()),

@@ -98,9 +98,10 @@ pub(crate) fn holder(run: &Run) -> Holder {
 
 /// Gives the run's slot back, then lets runs that wait only for a slot continue.
 pub(crate) fn release(txn: &mut Txn<'_>, run: &Run) -> Result<()> {
-    if txn.tx.release(&run.id)? {
-        let key = run.concurrency_key.clone().unwrap_or_default();
-        pump_resumes(txn, &run.env_id, &run.queue, &key)?;
+    let key = run.concurrency_key.clone().unwrap_or_default();
+    let (released, head) = txn.tx.release_and_peek(&run.id, &run.env_id, &run.queue, &key)?;
+    if released {
+        continue_resumes(txn, &run.env_id, &run.queue, &key, head)?;
         txn.work_available(&run.env_id);
     }
     Ok(())
@@ -109,11 +110,21 @@ pub(crate) fn release(txn: &mut Txn<'_>, run: &Run) -> Result<()> {
 /// Continues the runs at the head of a subqueue that are still on their worker and only
 /// wait for a slot (`QUEUED_EXECUTING`), while slots are free.
 pub(crate) fn pump_resumes(txn: &mut Txn<'_>, env_id: &str, queue: &str, key: &str) -> Result<()> {
-    loop {
-        // The head first: most of the time it is fresh work (or nothing), and then there is
-        // no limit to check.
-        let head = txn.tx.peek_subqueue(env_id, queue, key, 1)?;
-        let Some(entry) = head.into_iter().next().filter(|entry| entry.resume) else { return Ok(()) };
+    let head = txn.tx.peek_subqueue(env_id, queue, key, 1)?.into_iter().next();
+    continue_resumes(txn, env_id, queue, key, head)
+}
+
+/// [`pump_resumes`] given the subqueue's current head.
+fn continue_resumes(
+    txn: &mut Txn<'_>,
+    env_id: &str,
+    queue: &str,
+    key: &str,
+    mut head: Option<ReadyEntry>,
+) -> Result<()> {
+    // Most of the time the head is fresh work (or nothing), and then there is no limit to
+    // check.
+    while let Some(entry) = head.take().filter(|entry| entry.resume) {
         let Some(sub) = txn.tx.get_subqueue(env_id, queue, key)? else { return Ok(()) };
         let (env_limit, env_running) = env_capacity(txn, env_id)?;
         let limit = sub.limit.unwrap_or(env_limit).min(env_limit);
@@ -123,7 +134,9 @@ pub(crate) fn pump_resumes(txn: &mut Txn<'_>, env_id: &str, queue: &str, key: &s
         txn.tx.dequeue_entry(&entry.run_id)?;
         let mut run = txn.lock_run(&entry.run_id)?;
         promote(txn, &mut run)?;
+        head = txn.tx.peek_subqueue(env_id, queue, key, 1)?.into_iter().next();
     }
+    Ok(())
 }
 
 /// A `QUEUED_EXECUTING` run got its slot back: it continues on its worker with the
