@@ -43,6 +43,7 @@ pub fn run_all<S: Store>(mut make: impl FnMut() -> S) {
     transactions(make());
     queues_and_concurrency(make());
     claims_in_bulk(make());
+    claim_reads(make());
     claimable_subqueues(make());
     timers(make());
     waitpoints_and_blocks(make());
@@ -1093,6 +1094,72 @@ pub fn claims_in_bulk<S: Store>(mut store: S) {
     for run in ["run_0", "run_1", "run_3", "run_9"] {
         assert!(ok(tx.release(run)), "{run}");
     }
+    assert_eq!(ok(tx.env_running(ENV)), 0);
+    ok(tx.commit());
+}
+
+/// The reads of a claim and an attempt: a subqueue's head with its runs, several runs at
+/// once, a run with its payload, prefetched runs answering later reads (and seeing the
+/// transaction's own writes), and a released slot with its subqueue's next entry.
+pub fn claim_reads<S: Store>(mut store: S) {
+    const ENV: &str = "env_reads";
+    let mut tx = ok(store.begin());
+    ok(tx.insert_environment(&environment(ENV, "proj", 1)));
+    for (i, score) in [(0, 30), (1, 10), (2, 20)] {
+        let id = format!("run_r{i}");
+        ok(tx.insert_run(&sample_run(&id, ENV, "task-a", i), &payload(i)));
+        ok(tx.enqueue(&entry(&id, ENV, "q", "", score)));
+    }
+    let (entries, runs) = ok(tx.peek_and_lock(ENV, "q", "", 2));
+    assert_eq!(ids(&entries, |e| &e.run_id), strings(&["run_r1", "run_r2"]), "lowest scores first");
+    let mut read = ids(&runs, |r| &r.id);
+    read.sort();
+    assert_eq!(read, strings(&["run_r1", "run_r2"]), "each entry's run");
+
+    let mut read = ids(&ok(tx.lock_runs(&["run_r2", "run_missing", "run_r0", "run_r2"])), |r| &r.id);
+    read.sort();
+    assert_eq!(read, strings(&["run_r0", "run_r2"]), "missing ids left out, each run once");
+    assert_eq!(
+        ok(tx.lock_run_with_payload("run_r1")).map(|(r, p)| (r.id, p)),
+        Some(("run_r1".into(), Some(payload(1))))
+    );
+    assert_eq!(ok(tx.lock_run_with_payload("run_missing")), None);
+    ok(tx.commit());
+
+    // Prefetched runs answer later reads, including the transaction's own changes.
+    let mut tx = ok(store.begin());
+    ok(tx.prefetch_runs(&["run_r0", "run_r1", "run_missing"], &["run_r0"]));
+    let mut run = ok(tx.lock_run("run_r0")).expect("run_r0");
+    run.status = RunStatus::Executing;
+    run.attempt_number = 2;
+    ok(tx.update_run(&run));
+    let (again, with) = ok(tx.lock_run_with_payload("run_r0")).expect("run_r0");
+    assert_eq!((again.status, again.attempt_number, with), (RunStatus::Executing, 2, Some(payload(0))));
+    assert_eq!(ok(tx.lock_run_with_payload("run_r1")).map(|(_, p)| p), Some(Some(payload(1))));
+    assert_eq!(ok(tx.get_run("run_r0")).map(|r| r.attempt_number), Some(2));
+    assert_eq!(ok(tx.lock_run("run_missing")), None);
+    // Undone by a rollback to a savepoint: later reads see the row as it was before.
+    ok(tx.savepoint());
+    run.attempt_number = 3;
+    ok(tx.update_run(&run));
+    ok(tx.rollback_to_savepoint());
+    assert_eq!(ok(tx.lock_run("run_r0")).map(|r| r.attempt_number), Some(2));
+    ok(tx.commit());
+    let mut tx = ok(store.begin());
+    assert_eq!(ok(tx.get_run("run_r0")).map(|r| r.attempt_number), Some(2), "committed");
+
+    // Releasing a slot answers with the subqueue's next entry; no slot, no answer.
+    ok(tx.dequeue_entries(&["run_r1"]));
+    assert!(ok(tx.acquire(&holder("run_r1", ENV, "q", ""))));
+    assert_eq!(ok(tx.env_running(ENV)), 1);
+    let (freed, head) = ok(tx.release_and_peek("run_r1", ENV, "q", ""));
+    assert!(freed);
+    assert_eq!(head.map(|e| e.run_id), Some("run_r2".to_string()));
+    assert_eq!(ok(tx.env_running(ENV)), 0, "the count follows the release");
+    assert_eq!(ok(tx.release_and_peek("run_r1", ENV, "q", "")), (false, None));
+    assert!(ok(tx.acquire(&holder("run_r2", ENV, "q", ""))));
+    assert_eq!(ok(tx.env_running(ENV)), 1, "and the acquire");
+    assert!(ok(tx.release("run_r2")));
     assert_eq!(ok(tx.env_running(ENV)), 0);
     ok(tx.commit());
 }

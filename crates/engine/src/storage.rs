@@ -174,11 +174,12 @@ pub trait Tx {
     fn insert_run(&mut self, run: &Run, payload: &Packet) -> StorageResult<()>;
     /// Reads a run the transaction will change.
     fn lock_run(&mut self, id: &str) -> StorageResult<Option<Run>>;
-    /// Reads several runs the transaction will change (a claim), in any order; ids with no
-    /// run are left out. A backend may read them in one statement.
+    /// Reads several runs the transaction will change (a claim), each once, in any order;
+    /// ids with no run are left out. A backend may read them in one statement.
     fn lock_runs(&mut self, ids: &[&str]) -> StorageResult<Vec<Run>> {
         let mut runs = Vec::with_capacity(ids.len());
-        for id in ids {
+        let mut seen = std::collections::HashSet::new();
+        for id in ids.iter().filter(|id| seen.insert(**id)) {
             runs.extend(self.lock_run(id)?);
         }
         Ok(runs)
@@ -265,6 +266,21 @@ pub trait Tx {
         concurrency_key: &str,
         max: u32,
     ) -> StorageResult<Vec<ReadyEntry>>;
+    /// [`Tx::peek_subqueue`] and the entries' runs read for change ([`Tx::lock_runs`]): the
+    /// first step of a claim. A backend may read both in one statement; an entry whose run
+    /// is missing may then be left out.
+    fn peek_and_lock(
+        &mut self,
+        env_id: &str,
+        queue: &str,
+        concurrency_key: &str,
+        max: u32,
+    ) -> StorageResult<(Vec<ReadyEntry>, Vec<Run>)> {
+        let entries = self.peek_subqueue(env_id, queue, concurrency_key, max)?;
+        let ids: Vec<&str> = entries.iter().map(|e| e.run_id.as_str()).collect();
+        let runs = self.lock_runs(&ids)?;
+        Ok((entries, runs))
+    }
     fn get_subqueue(
         &mut self,
         env_id: &str,

@@ -55,6 +55,9 @@ pub struct PostgresTx<'s> {
     runs: HashMap<String, (Run, Option<Option<Packet>>)>,
     /// Batches read locked or written, the same way.
     batches: HashMap<String, Batch>,
+    /// Environments' running counts read locked, kept current by this transaction's own
+    /// `acquire*` and `release*`.
+    env_counts: HashMap<String, u32>,
     /// `(channel, origin)` when effects are announced with `NOTIFY`.
     notify: Option<(&'s str, &'s str)>,
     /// Still needs a `COMMIT` or `ROLLBACK`.
@@ -76,6 +79,7 @@ impl<'s> PostgresTx<'s> {
             registry_counted: false,
             runs: HashMap::new(),
             batches: HashMap::new(),
+            env_counts: HashMap::new(),
             notify,
             open: true,
             failed: None,
@@ -87,6 +91,14 @@ impl<'s> PostgresTx<'s> {
         self.registry.clear();
         self.runs.clear();
         self.batches.clear();
+        self.env_counts.clear();
+    }
+
+    /// Keeps a kept running count current after slots were taken (`+`) or freed.
+    fn count_slots(&mut self, env_id: &str, taken: i64) {
+        if let Some(n) = self.env_counts.get_mut(env_id) {
+            *n = u32::try_from(i64::from(*n) + taken).unwrap_or(0);
+        }
     }
 
     /// Locks and reads runs (and the payloads of `with_payload`) in one statement, keeping
@@ -408,8 +420,12 @@ impl Tx for PostgresTx<'_> {
         if payloads.is_empty() {
             return Ok(());
         }
-        self.query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", &[&channel, &payloads])?;
-        Ok(())
+        // Sent with the COMMIT that follows, in its round trip.
+        self.defer(
+            "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
+            vec![Box::new(channel.to_string()), Box::new(payloads)],
+            None,
+        )
     }
 
     // Tenancy: organisations, projects and credentials.
@@ -531,8 +547,13 @@ impl Tx for PostgresTx<'_> {
     fn env_running(&mut self, env_id: &str) -> StorageResult<u32> {
         // FOR UPDATE: the engine checks limits against this count, so replicas taking slots
         // of one environment must take turns; after waiting, the latest count is returned.
+        if let Some(n) = self.env_counts.get(env_id) {
+            return Ok(*n);
+        }
         let rows = self.query("SELECT running FROM env_running WHERE env_id = $1 FOR UPDATE", &[&env_id])?;
-        rows.first().map_or(Ok(0), |r| get_u32(r, 0))
+        let n = rows.first().map_or(Ok(0), |r| get_u32(r, 0))?;
+        self.env_counts.insert(env_id.to_string(), n);
+        Ok(n)
     }
 
     fn insert_worker(&mut self, w: &WorkerVersion) -> StorageResult<()> {
@@ -972,6 +993,31 @@ impl Tx for PostgresTx<'_> {
         )
     }
 
+    fn peek_and_lock(
+        &mut self,
+        env_id: &str,
+        queue: &str,
+        ck: &str,
+        max: u32,
+    ) -> StorageResult<(Vec<ReadyEntry>, Vec<Run>)> {
+        let rows = self.query(
+            "SELECT e.body, r.body FROM ready e JOIN runs r ON r.id = e.run_id
+             WHERE e.env_id = $1 AND e.queue = $2 AND e.ck = $3
+             ORDER BY e.score, e.run_id LIMIT $4 FOR UPDATE OF r",
+            &[&env_id, &queue, &ck, &i64::from(max)],
+        )?;
+        let (mut entries, mut runs) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
+        for row in &rows {
+            entries.push(decode::<ReadyEntry>(&get::<String>(row, 0)?)?);
+            let run: Run = decode(&get::<String>(row, 1)?)?;
+            // A run this transaction changed reads the same from the database (its writes went
+            // first); keep the copy already held.
+            let kept = self.runs.entry(run.id.clone()).or_insert((run, None));
+            runs.push(kept.0.clone());
+        }
+        Ok((entries, runs))
+    }
+
     fn get_subqueue(&mut self, env_id: &str, queue: &str, ck: &str) -> StorageResult<Option<Subqueue>> {
         let sql = format!(
             "SELECT {SUBQUEUE_COLUMNS} FROM subqueues s WHERE s.env_id = $1 AND s.queue = $2 AND s.ck = $3"
@@ -1003,6 +1049,9 @@ impl Tx for PostgresTx<'_> {
              ON CONFLICT (env_id, queue, ck) DO UPDATE SET running = subqueues.running + 1",
             &[&h.run_id, &h.env_id, &h.queue, &h.concurrency_key],
         )?;
+        if n == 1 {
+            self.count_slots(&h.env_id, 1);
+        }
         Ok(n == 1)
     }
 
@@ -1039,6 +1088,13 @@ impl Tx for PostgresTx<'_> {
             &[&runs, &envs, &queues, &keys],
         )?;
         let n: i64 = rows.first().map_or(Ok(0), |r| get(r, 0))?;
+        if holders.iter().all(|h| h.env_id == holders[0].env_id) {
+            self.count_slots(&holders[0].env_id, n);
+        } else {
+            for h in holders {
+                self.env_counts.remove(&h.env_id);
+            }
+        }
         Ok(u32::try_from(n).unwrap_or(0))
     }
 
@@ -1052,14 +1108,18 @@ impl Tx for PostgresTx<'_> {
         let rows = self.query(
             &format!(
                 "{RELEASE}
-                 SELECT (SELECT count(*) FROM h),
+                 SELECT (SELECT env_id FROM h),
                         (SELECT body FROM ready WHERE env_id = $2 AND queue = $3 AND ck = $4
                          ORDER BY score, run_id LIMIT 1)"
             ),
             &[&run_id, &env_id, &queue, &ck],
         )?;
         let Some(row) = rows.first() else { return Ok((false, None)) };
-        let released = get::<i64>(row, 0)? > 0;
+        let freed: Option<String> = get(row, 0)?;
+        if let Some(env) = &freed {
+            self.count_slots(env, -1);
+        }
+        let released = freed.is_some();
         let head: Option<String> = get(row, 1)?;
         match head {
             Some(body) if released => Ok((true, Some(decode(&body)?))),
@@ -1068,9 +1128,15 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn release(&mut self, run_id: &str) -> StorageResult<bool> {
-        let rows = self.query(&format!("{RELEASE} SELECT count(*) FROM h"), &[&run_id])?;
-        let n: i64 = rows.first().map_or(Ok(0), |r| get(r, 0))?;
-        Ok(n > 0)
+        let rows = self.query(&format!("{RELEASE} SELECT env_id FROM h"), &[&run_id])?;
+        match rows.first() {
+            Some(row) => {
+                let env: String = get(row, 0)?;
+                self.count_slots(&env, -1);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     fn get_holder(&mut self, run_id: &str) -> StorageResult<Option<Holder>> {

@@ -10,6 +10,9 @@ use crate::lifecycle::{attempt, queue, registry};
 use crate::model::{Holder, Run, Snapshot, TaskDef, TimerKind, WorkerVersion};
 use crate::txn::Txn;
 
+/// Subqueues considered per round of a claim.
+const CLAIMABLE_PER_ROUND: u32 = 64;
+
 /// What a worker can take on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DequeueRequest {
@@ -57,14 +60,17 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
     let mut out = Vec::new();
     let (mut cpu, mut memory) = (req.cpu.unwrap_or(f64::INFINITY), req.memory.unwrap_or(f64::INFINITY));
     let mut blocked: HashSet<(String, String)> = HashSet::new();
-    // A few rounds: a subqueue emptied or filled in one round makes room for others.
+    // A few rounds, while a round may have left claimable work it did not see.
     for _ in 0..4 {
         let (env_limit, env_running) = queue::env_capacity(txn, env_id)?;
         if env_running >= env_limit || out.len() as u32 >= req.max_runs {
             break;
         }
-        let subs = txn.tx.claimable_subqueues(env_id, env_limit, 64)?;
-        let mut progressed = false;
+        let subs = txn.tx.claimable_subqueues(env_id, env_limit, CLAIMABLE_PER_ROUND)?;
+        // Another round can find more only if this one did not see every claimable subqueue
+        // or took entries out without claiming them (expired, resumed), which may have left
+        // ready runs past what it peeked; claiming alone fills subqueues, it never opens one.
+        let mut again = subs.len() as u32 >= CLAIMABLE_PER_ROUND;
         for sub in subs {
             if blocked.contains(&(sub.queue.clone(), sub.concurrency_key.clone())) {
                 continue;
@@ -76,12 +82,10 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
             }
             let limit = sub.limit.unwrap_or(env_limit).min(env_limit);
             let free = limit.saturating_sub(sub.running).min(env_limit - env_running);
-            let entries =
-                txn.tx.peek_subqueue(env_id, &sub.queue, &sub.concurrency_key, free.min(want.max(1)))?;
-            // The entries' runs, read (and locked) together.
-            let ids: Vec<&str> = entries.iter().map(|e| e.run_id.as_str()).collect();
-            let mut runs: HashMap<String, Run> =
-                txn.tx.lock_runs(&ids)?.into_iter().map(|run| (run.id.clone(), run)).collect();
+            // The head entries and their runs, read (and locked) together.
+            let (entries, runs) =
+                txn.tx.peek_and_lock(env_id, &sub.queue, &sub.concurrency_key, free.min(want.max(1)))?;
+            let mut runs: HashMap<String, Run> = runs.into_iter().map(|run| (run.id.clone(), run)).collect();
             // The runs this subqueue gives: taken off the queue and given their slots together.
             let mut claimed: Vec<(Run, TaskDef, MachinePreset)> = Vec::new();
             for entry in entries {
@@ -89,7 +93,7 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
                 if entry.resume {
                     txn.tx.dequeue_entry(&entry.run_id)?;
                     queue::promote(txn, &mut run)?;
-                    progressed = true;
+                    again = true;
                     continue;
                 }
                 if (out.len() + claimed.len()) as u32 >= req.max_runs {
@@ -106,7 +110,7 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
                     && run.attempt_number == 0
                 {
                     attempt::expire(txn, &mut run)?;
-                    progressed = true;
+                    again = true;
                     continue;
                 }
                 let Some(task) = tasks.iter().find(|t| t.slug == run.task).cloned() else { break };
@@ -114,7 +118,6 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
                 cpu -= machine.cpu();
                 memory -= machine.memory();
                 claimed.push((run, task, machine));
-                progressed = true;
             }
             let ids: Vec<&str> = claimed.iter().map(|(run, ..)| run.id.as_str()).collect();
             txn.tx.dequeue_entries(&ids)?;
@@ -138,7 +141,7 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
                 out.push(Dequeued { run, snapshot, worker: worker.clone(), task, machine });
             }
         }
-        if !progressed {
+        if !again {
             break;
         }
     }
