@@ -1138,6 +1138,10 @@ pub fn claim_reads<S: Store>(mut store: S) {
     assert_eq!(ok(tx.lock_run_with_payload("run_r1")).map(|(_, p)| p), Some(Some(payload(1))));
     assert_eq!(ok(tx.get_run("run_r0")).map(|r| r.attempt_number), Some(2));
     assert_eq!(ok(tx.lock_run("run_missing")), None);
+    // A run read without its payload, then named for its payload too.
+    assert!(ok(tx.lock_run("run_r2")).is_some());
+    ok(tx.prefetch_runs(&["run_r2"], &["run_r2"]));
+    assert_eq!(ok(tx.lock_run_with_payload("run_r2")).map(|(_, p)| p), Some(Some(payload(2))));
     // Undone by a rollback to a savepoint: later reads see the row as it was before.
     ok(tx.savepoint());
     run.attempt_number = 3;

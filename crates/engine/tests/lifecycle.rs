@@ -52,6 +52,38 @@ async fn a_run_goes_from_queued_to_completed_through_its_snapshots() {
     );
 }
 
+async fn a_claim_that_starts_attempts_answers_with_each_started_attempt() {
+    let h = harness(vec![task("hello"), task("other")], vec![]).await;
+    let a = h.trigger("hello").await;
+    let b = h.trigger("other").await;
+    let request = DequeueRequest { start_attempts: true, ..DequeueRequest::new("worker-a", 10) };
+    let claimed = h.engine.dequeue(&h.env.id, request).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    for d in &claimed {
+        let started = d.started.as_ref().expect("started with the claim");
+        assert_eq!(started.run.id, d.run.id);
+        assert_eq!((started.run.status, started.run.attempt_number), (RunStatus::Executing, 1));
+        assert_eq!(started.snapshot.execution_status, ExecutionStatus::Executing);
+        assert_eq!(started.payload.data.as_deref(), Some(r#"{"n":1}"#));
+        assert_eq!(started.task.as_ref().map(|t| t.slug.as_str()), Some(started.run.task.as_str()));
+        assert_eq!(d.snapshot.execution_status, ExecutionStatus::PendingExecuting, "the claim's snapshot");
+    }
+    assert_eq!(h.running().await, 2);
+    // The attempt is the one that runs: completing it finishes the run, and starting it
+    // again is refused.
+    let started = claimed[0].started.clone().unwrap();
+    let again = h.engine.start_attempt(&h.env.id, &started.run.id, &claimed[0].snapshot.id).await;
+    assert!(again.is_err(), "the claim's snapshot is no longer the latest");
+    let done = h.succeed(&started.run.id, &started.snapshot.id, json!({"ok": true})).await;
+    assert_eq!(done.run.status, RunStatus::Completed);
+    assert!([a.id.as_str(), b.id.as_str()].contains(&started.run.id.as_str()));
+    // Without asking, nothing is started.
+    let c = h.trigger("hello").await;
+    let claimed = h.dequeue(10).await;
+    assert_eq!((claimed.len(), claimed[0].run.id.as_str()), (1, c.id.as_str()));
+    assert!(claimed[0].started.is_none());
+}
+
 async fn failed_attempts_retry_after_exact_backoff_delays_then_fail() {
     let h = harness(vec![retrying("flaky", 3)], vec![]).await;
     let run = h.trigger("flaky").await;

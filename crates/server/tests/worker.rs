@@ -20,6 +20,47 @@ const SNAPSHOT: &[(&str, &str)] = &[
 const RUN_META: &[(&str, &str)] =
     &[("id", "string"), ("friendlyId", "string"), ("status", "string"), ("attemptNumber", "number")];
 
+/// `startAttempts` (the Rust SDK's worker): each dequeued message carries the started
+/// attempt, as `…/attempts/start` answers it, and the run completes on that attempt.
+#[tokio::test]
+async fn a_dequeue_can_start_the_attempts_it_claims() {
+    let t = TestServer::start().await;
+    let key = t.dev_key.clone();
+    let worker = t.register_worker().await;
+    let worker_id = worker["id"].as_str().unwrap().to_string();
+    let run = t.trigger("hello", json!({ "payload": r#"{"n":7}"#, "options": {} })).await;
+    let body = t
+        .post(
+            "/engine/v1/dev/dequeue",
+            &key,
+            json!({ "currentWorker": worker_id, "timeoutMs": 2000, "startAttempts": true }),
+        )
+        .await
+        .expect(200);
+    let messages = body["dequeuedMessages"].as_array().unwrap();
+    assert_eq!(messages.len(), 1);
+    let message = &messages[0];
+    assert_eq!(message["run"]["friendlyId"], run.as_str());
+    assert_eq!(message["snapshot"]["executionStatus"], "PENDING_EXECUTING");
+    let attempt = &message["attempt"];
+    assert_fields(&attempt["snapshot"], SNAPSHOT);
+    assert_eq!(attempt["snapshot"]["executionStatus"], "EXECUTING");
+    assert_eq!(attempt["run"]["status"], "EXECUTING");
+    assert_eq!(attempt["execution"]["attempt"]["number"], 1);
+    assert_eq!(attempt["execution"]["run"]["payload"], r#"{"n":7}"#);
+    assert!(attempt["envVars"].is_object());
+    let snapshot = attempt["snapshot"]["friendlyId"].as_str().unwrap();
+    let done = t
+        .post(
+            &format!("/engine/v1/dev/runs/{run}/snapshots/{snapshot}/attempts/complete"),
+            &key,
+            json!({ "completion": { "ok": true, "output": "{}", "outputType": "application/json" } }),
+        )
+        .await
+        .expect(200);
+    assert_eq!(done["result"]["run"]["status"], "COMPLETED_SUCCESSFULLY", "{done}");
+}
+
 #[tokio::test]
 async fn a_run_goes_round_trip_through_a_worker() {
     let t = TestServer::start().await;
@@ -51,6 +92,7 @@ async fn a_run_goes_round_trip_through_a_worker() {
     // Dequeue: the exact DequeuedMessage shape.
     let message = t.dequeue_run(&worker_id, &run).await;
     assert_eq!(message["version"], "1");
+    assert!(message.get("attempt").is_none(), "no attempt unless the worker asks");
     assert_fields(&message["snapshot"], SNAPSHOT);
     assert_eq!(message["snapshot"]["executionStatus"], "PENDING_EXECUTING");
     assert_date(&message["dequeuedAt"]);

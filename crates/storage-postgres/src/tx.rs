@@ -741,10 +741,32 @@ impl Tx for PostgresTx<'_> {
 
     fn prefetch_runs(&mut self, ids: &[&str], with_payload: &[&str]) -> StorageResult<()> {
         let missing: Vec<&str> = ids.iter().copied().filter(|id| !self.runs.contains_key(*id)).collect();
-        if missing.is_empty() {
+        if !missing.is_empty() {
+            self.read_runs(&missing, with_payload)?;
+        }
+        // Runs already kept whose payload is wanted too: their payloads in one statement.
+        let payloads: Vec<&str> = with_payload
+            .iter()
+            .copied()
+            .filter(|id| self.runs.get(*id).is_some_and(|(_, payload)| payload.is_none()))
+            .collect();
+        if payloads.is_empty() {
             return Ok(());
         }
-        self.read_runs(&missing, with_payload)
+        let rows = self.query(
+            "SELECT run_id, payload, payload_type FROM run_data WHERE run_id = ANY($1)",
+            &[&payloads],
+        )?;
+        let mut found: HashMap<String, Option<Packet>> = HashMap::new();
+        for row in &rows {
+            found.insert(get(row, 0)?, packet(get(row, 1)?, get(row, 2)?));
+        }
+        for id in payloads {
+            if let Some(entry) = self.runs.get_mut(id) {
+                entry.1 = Some(found.remove(id).flatten());
+            }
+        }
+        Ok(())
     }
 
     fn get_run(&mut self, id: &str) -> StorageResult<Option<Run>> {

@@ -288,7 +288,9 @@ async fn run(
                 _ = stopped.changed() => return,
             }
         }
-        let request = DequeueRequest::new(instance.clone(), free.min(200));
+        // As the SDK's worker does: each claimed run's attempt starts with the claim.
+        let request =
+            DequeueRequest { start_attempts: true, ..DequeueRequest::new(instance.clone(), free.min(200)) };
         let claimed = tokio::select! {
             r = backend.dequeue(request, Duration::from_secs(1)) => r,
             _ = stopped.changed() => return,
@@ -334,8 +336,12 @@ impl Run {
     /// did not give its capacity back while waiting).
     async fn execute(&self, d: Dequeued, behaviors: &HashMap<String, Behavior>) -> bool {
         let backend = &self.backend;
-        let Some(started) = checked("start", backend.start_attempt(&d.run.id, &d.snapshot.id).await) else {
-            return true;
+        let started = match d.started {
+            Some(started) => started,
+            None => match checked("start", backend.start_attempt(&d.run.id, &d.snapshot.id).await) {
+                Some(started) => started,
+                None => return true,
+            },
         };
         // The task is known from the started attempt (over HTTP the dequeued message only
         // carries the run id).

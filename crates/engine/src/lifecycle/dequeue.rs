@@ -6,7 +6,8 @@ use std::collections::{HashMap, HashSet};
 use trigger_types::{ExecutionStatus, MachinePreset, RunStatus};
 
 use crate::error::{not_found, Result};
-use crate::lifecycle::{attempt, queue, registry};
+use crate::lifecycle::attempt::{self, StartedAttempt};
+use crate::lifecycle::{queue, registry};
 use crate::model::{Holder, Run, Snapshot, TaskDef, TimerKind, WorkerVersion};
 use crate::txn::Txn;
 
@@ -25,6 +26,9 @@ pub struct DequeueRequest {
     /// Free vCPUs and memory (GB); `None` is unbounded.
     pub cpu: Option<f64>,
     pub memory: Option<f64>,
+    /// Also start each claimed run's attempt in the same transaction ([`Dequeued::started`]):
+    /// for a worker that starts every run it claims at once, one call instead of two.
+    pub start_attempts: bool,
 }
 
 /// A claimed run, ready for its attempt to start.
@@ -35,6 +39,8 @@ pub struct Dequeued {
     pub worker: WorkerVersion,
     pub task: TaskDef,
     pub machine: MachinePreset,
+    /// The attempt started with the claim, when [`DequeueRequest::start_attempts`] asked.
+    pub started: Option<StartedAttempt>,
 }
 
 /// Claims runs for a worker. Each run is claimed once: it leaves the queue, takes a slot
@@ -138,11 +144,19 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
                 }
                 txn.arm_heartbeat(&run)?;
                 txn.save_run(&mut run)?;
-                out.push(Dequeued { run, snapshot, worker: worker.clone(), task, machine });
+                out.push(Dequeued { run, snapshot, worker: worker.clone(), task, machine, started: None });
             }
         }
         if !again {
             break;
+        }
+    }
+    if req.start_attempts && !out.is_empty() {
+        let ids: Vec<&str> = out.iter().map(|d| d.run.id.as_str()).collect();
+        txn.tx.prefetch_runs(&ids, &ids)?;
+        for claimed in &mut out {
+            let started = attempt::start_attempt(txn, env_id, &claimed.run.id, &claimed.snapshot.id)?;
+            claimed.started = Some(started);
         }
     }
     Ok(out)
@@ -177,6 +191,7 @@ impl DequeueRequest {
             max_runs,
             cpu: None,
             memory: None,
+            start_attempts: false,
         }
     }
 }

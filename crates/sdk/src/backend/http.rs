@@ -741,6 +741,7 @@ impl Backend for Http {
                 "currentWorker": request.worker_id,
                 "maxRuns": request.max_runs,
                 "timeoutMs": wait.as_millis() as u64,
+                "startAttempts": request.start_attempts,
             });
             if let (Some(cpu), Some(memory)) = (request.cpu, request.memory) {
                 body["maxResources"] = json!({ "cpu": cpu, "memory": memory });
@@ -779,7 +780,8 @@ impl Backend for Http {
                         created_at: 0,
                     };
                     let task = task_def(&run, &worker);
-                    Dequeued { run, snapshot: snap, worker, task, machine }
+                    let started = m.get("attempt").filter(|a| a.is_object()).map(|a| self.started_attempt(a));
+                    Dequeued { run, snapshot: snap, worker, task, machine, started }
                 })
                 .collect())
         })
@@ -793,71 +795,7 @@ impl Backend for Http {
         );
         Box::pin(async move {
             let v = self.post(&path, json!({}), Replay::Fenced).await?;
-            let e = &v["execution"];
-            let r = &e["run"];
-            let mut run = blank_run(str_of(&r["id"]), str_of(&e["task"]["id"]));
-            run.status = db_status(v["run"]["status"].as_str().unwrap_or(""));
-            run.attempt_number = e["attempt"]["number"].as_u64().unwrap_or(0) as u32;
-            run.tags = serde_json::from_value(r["tags"].clone()).unwrap_or_default();
-            run.is_test = r["isTest"].as_bool().unwrap_or(false);
-            run.idempotency_key = opt_str(&r["idempotencyKey"]);
-            run.max_attempts = r["maxAttempts"].as_u64().map(|n| n as u32);
-            run.max_duration_secs = r["maxDuration"].as_u64().map(|n| n as u32);
-            run.metadata = r.get("metadata").filter(|m| m.is_object()).map(|m| m.to_string());
-            run.parent_run_id = opt_str(&r["parentTaskRunId"]);
-            run.root_run_id = opt_str(&r["rootTaskRunId"]);
-            run.queue = str_of(&e["queue"]["name"]);
-            run.machine = e["machine"]["name"].as_str().and_then(MachinePreset::parse);
-            run.batch_id = opt_str(&e["batch"]["id"]);
-            let snap = snapshot(&run, &v["snapshot"], &Value::Null);
-            run.snapshot_id = snap.id.clone();
-            run.execution_status = snap.execution_status;
-            let worker = WorkerVersion {
-                id: String::new(),
-                env_id: String::new(),
-                version: str_of(&r["version"]),
-                content_hash: String::new(),
-                sdk_version: None,
-                cli_version: None,
-                created_at: 0,
-            };
-            let mut task = task_def(&run, &worker);
-            task.file_path = str_of(&e["task"]["filePath"]);
-            let environment = Environment {
-                id: str_of(&e["environment"]["id"]),
-                project_id: str_of(&e["project"]["id"]),
-                kind: e["environment"]["type"]
-                    .as_str()
-                    .and_then(EnvironmentType::parse)
-                    .unwrap_or(EnvironmentType::Development),
-                concurrency_limit: 0,
-                paused: false,
-                created_at: 0,
-            };
-            *self.inner.env_id.lock().unwrap_or_else(|e| e.into_inner()) = Some(environment.id.clone());
-            let queue = QueueDef {
-                id: str_of(&e["queue"]["id"]),
-                env_id: environment.id.clone(),
-                name: run.queue.clone(),
-                concurrency_limit: None,
-                paused: false,
-                named: true,
-                created_at: 0,
-                updated_at: 0,
-            };
-            let payload = Packet {
-                data: opt_str(&r["payload"]).filter(|p| !p.is_empty()),
-                data_type: r["payloadType"].as_str().unwrap_or("application/json").to_string(),
-            };
-            Ok(StartedAttempt {
-                run,
-                snapshot: snap,
-                payload,
-                environment,
-                worker: Some(worker),
-                task: Some(task),
-                queue: Some(queue),
-            })
+            Ok(self.started_attempt(&v))
         })
     }
 
@@ -1259,6 +1197,76 @@ impl Backend for Http {
 }
 
 impl Http {
+    /// Decodes the answer to an attempt start (`StartRunAttemptResult`), also carried by a
+    /// dequeued message as `attempt` when the claim started it.
+    fn started_attempt(&self, v: &Value) -> StartedAttempt {
+        let e = &v["execution"];
+        let r = &e["run"];
+        let mut run = blank_run(str_of(&r["id"]), str_of(&e["task"]["id"]));
+        run.status = db_status(v["run"]["status"].as_str().unwrap_or(""));
+        run.attempt_number = e["attempt"]["number"].as_u64().unwrap_or(0) as u32;
+        run.tags = serde_json::from_value(r["tags"].clone()).unwrap_or_default();
+        run.is_test = r["isTest"].as_bool().unwrap_or(false);
+        run.idempotency_key = opt_str(&r["idempotencyKey"]);
+        run.max_attempts = r["maxAttempts"].as_u64().map(|n| n as u32);
+        run.max_duration_secs = r["maxDuration"].as_u64().map(|n| n as u32);
+        run.metadata = r.get("metadata").filter(|m| m.is_object()).map(|m| m.to_string());
+        run.parent_run_id = opt_str(&r["parentTaskRunId"]);
+        run.root_run_id = opt_str(&r["rootTaskRunId"]);
+        run.queue = str_of(&e["queue"]["name"]);
+        run.machine = e["machine"]["name"].as_str().and_then(MachinePreset::parse);
+        run.batch_id = opt_str(&e["batch"]["id"]);
+        let snap = snapshot(&run, &v["snapshot"], &Value::Null);
+        run.snapshot_id = snap.id.clone();
+        run.execution_status = snap.execution_status;
+        let worker = WorkerVersion {
+            id: String::new(),
+            env_id: String::new(),
+            version: str_of(&r["version"]),
+            content_hash: String::new(),
+            sdk_version: None,
+            cli_version: None,
+            created_at: 0,
+        };
+        let mut task = task_def(&run, &worker);
+        task.file_path = str_of(&e["task"]["filePath"]);
+        let environment = Environment {
+            id: str_of(&e["environment"]["id"]),
+            project_id: str_of(&e["project"]["id"]),
+            kind: e["environment"]["type"]
+                .as_str()
+                .and_then(EnvironmentType::parse)
+                .unwrap_or(EnvironmentType::Development),
+            concurrency_limit: 0,
+            paused: false,
+            created_at: 0,
+        };
+        *self.inner.env_id.lock().unwrap_or_else(|e| e.into_inner()) = Some(environment.id.clone());
+        let queue = QueueDef {
+            id: str_of(&e["queue"]["id"]),
+            env_id: environment.id.clone(),
+            name: run.queue.clone(),
+            concurrency_limit: None,
+            paused: false,
+            named: true,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let payload = Packet {
+            data: opt_str(&r["payload"]).filter(|p| !p.is_empty()),
+            data_type: r["payloadType"].as_str().unwrap_or("application/json").to_string(),
+        };
+        StartedAttempt {
+            run,
+            snapshot: snap,
+            payload,
+            environment,
+            worker: Some(worker),
+            task: Some(task),
+            queue: Some(queue),
+        }
+    }
+
     fn create_batch_stub(&self, v: &Value, path: &str) -> (Batch, bool) {
         let id = v["id"].as_str().map(str::to_string).unwrap_or_else(|| {
             path.trim_start_matches("/api/v3/batches/").trim_end_matches("/items").to_string()

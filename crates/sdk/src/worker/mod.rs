@@ -333,6 +333,8 @@ async fn claim_loop(
             max_runs: free.slots,
             cpu: free.cpu.is_finite().then_some(free.cpu),
             memory: free.memory.is_finite().then_some(free.memory),
+            // Every claimed run starts at once: the claim starts its attempt too.
+            start_attempts: true,
         };
         // Not raced against `stop`: a dequeue dropped midway could claim runs nobody runs.
         let claimed = match inner.backend.dequeue(request, inner.options.dequeue_wait).await {
@@ -429,13 +431,17 @@ async fn execute_run(inner: Arc<Inner>, dequeued: Dequeued, lease: Arc<Lease>) {
     ));
 
     let mut snapshot_id = dequeued.snapshot.id.clone();
+    let mut started_with_claim = dequeued.started;
     loop {
-        let started = match inner.backend.start_attempt(&run_id, &snapshot_id).await {
-            Ok(s) => s,
-            Err(e) => {
-                confirm_cancel_or_log(&inner, &run_id, e).await;
-                break;
-            }
+        let started = match started_with_claim.take() {
+            Some(started) => started,
+            None => match inner.backend.start_attempt(&run_id, &snapshot_id).await {
+                Ok(s) => s,
+                Err(e) => {
+                    confirm_cancel_or_log(&inner, &run_id, e).await;
+                    break;
+                }
+            },
         };
         *snapshot.lock().unwrap_or_else(|e| e.into_inner()) = started.snapshot.id.clone();
         let (completion, metadata) =

@@ -12,7 +12,9 @@ use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
-use trigger_engine::{Completion, DequeueRequest, MetadataUpdate, Packet, RetryProposal, TaskRunError};
+use trigger_engine::{
+    Completion, DequeueRequest, MetadataUpdate, Packet, RetryProposal, StartedAttempt, TaskRunError,
+};
 
 use crate::auth::EnvCaller;
 use crate::error::{Error, Result};
@@ -119,7 +121,9 @@ pub async fn notifications(
     Sse::new(events).keep_alive(KeepAlive::default())
 }
 
-/// `DevDequeueRequestBody`, plus `maxRuns` and `timeoutMs` for fast workers.
+/// `DevDequeueRequestBody`, plus `maxRuns` and `timeoutMs` for fast workers, and
+/// `startAttempts` for workers that start every run they claim (the Rust SDK's): each
+/// message then carries `attempt`, the answer `…/attempts/start` would give.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DequeueBody {
@@ -131,6 +135,8 @@ pub struct DequeueBody {
     max_runs: Option<u32>,
     #[serde(default)]
     timeout_ms: Option<u64>,
+    #[serde(default)]
+    start_attempts: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -157,6 +163,7 @@ pub async fn dequeue(
         max_runs: body.max_runs.unwrap_or(10).clamp(1, 100),
         cpu: body.max_resources.as_ref().map(|r| r.cpu),
         memory: body.max_resources.as_ref().map(|r| r.memory),
+        start_attempts: body.start_attempts,
     };
     let wait = body.timeout_ms.map_or(DEQUEUE_WAIT, |ms| Duration::from_millis(ms).min(DEQUEUE_WAIT));
     let mut shutdown = state.shutdown_signal();
@@ -165,8 +172,27 @@ pub async fn dequeue(
         _ = shutdown.wait_for(|v| *v) => Vec::new(),
     };
     let now = state.engine().now();
-    let messages: Vec<Value> = claimed.iter().map(|d| wire::dequeued_message(d, &caller, now)).collect();
+    let messages: Vec<Value> = claimed
+        .iter()
+        .map(|d| {
+            let mut message = wire::dequeued_message(d, &caller, now);
+            if let Some(started) = &d.started {
+                message["attempt"] = started_attempt(&state, started, &caller);
+            }
+            message
+        })
+        .collect();
     Ok(JsonResponse(json!({ "dequeuedMessages": messages })))
+}
+
+/// The answer to an attempt start (`StartRunAttemptResult`).
+fn started_attempt(state: &AppState, started: &StartedAttempt, caller: &EnvCaller) -> Value {
+    json!({
+        "snapshot": wire::snapshot(&started.snapshot),
+        "run": wire::run_meta(&started.run),
+        "execution": wire::task_run_execution(started, caller),
+        "envVars": crate::routes::cli::dev_env_vars(state),
+    })
 }
 
 pub async fn start_attempt(
@@ -176,12 +202,7 @@ pub async fn start_attempt(
     OptionalWorkerJson(_body): OptionalWorkerJson<Value>,
 ) -> Result<JsonResponse<Value>> {
     let started = state.engine().start_attempt(&caller.env.id, &run_id, &snapshot_id).await?;
-    Ok(JsonResponse(json!({
-        "snapshot": wire::snapshot(&started.snapshot),
-        "run": wire::run_meta(&started.run),
-        "execution": wire::task_run_execution(&started, &caller),
-        "envVars": crate::routes::cli::dev_env_vars(&state),
-    })))
+    Ok(JsonResponse(started_attempt(&state, &started, &caller)))
 }
 
 /// `TaskRunExecutionResult`.
