@@ -1,5 +1,5 @@
 //! A quick in-process throughput probe: trigger N runs concurrently, then drain them with
-//! one worker loop (dequeue → start → complete). Not a benchmark suite; see docs/benchmarks.md.
+//! one worker loop (a claim that starts the attempts → complete), as the SDK's worker does. Not a benchmark suite; see docs/benchmarks.md.
 //!
 //! `cargo run --release -p trigger-engine --example throughput -- 20000` on a SQLite file;
 //! add `postgres` to run on PostgreSQL (`TRIGGER_TEST_DATABASE_URL`, a fresh schema that is
@@ -76,13 +76,14 @@ async fn main() {
     let t1 = Instant::now();
     let mut done = 0;
     while done < n {
-        let claimed = engine.dequeue(&env.id, DequeueRequest::new("w", 200)).await.unwrap();
+        let request = DequeueRequest { start_attempts: true, ..DequeueRequest::new("w", 200) };
+        let claimed = engine.dequeue(&env.id, request).await.unwrap();
         let mut starts = Vec::new();
         for d in &claimed {
             let engine = engine.clone();
-            let (env, run, snap) = (env.id.clone(), d.run.id.clone(), d.snapshot.id.clone());
+            let (env, run) = (env.id.clone(), d.run.id.clone());
+            let s = d.started.clone().expect("started with the claim");
             starts.push(tokio::spawn(async move {
-                let s = engine.start_attempt(&env, &run, &snap).await.unwrap();
                 engine
                     .complete_attempt(
                         &env,

@@ -801,6 +801,9 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn get_payload(&mut self, run_id: &str) -> StorageResult<Option<Packet>> {
+        if let Some((_, Some(payload))) = self.runs.get(run_id) {
+            return Ok(payload.clone());
+        }
         let rows = self.query("SELECT payload, payload_type FROM run_data WHERE run_id = $1", &[&run_id])?;
         match rows.first() {
             Some(r) => Ok(packet(get(r, 0)?, get(r, 1)?)),

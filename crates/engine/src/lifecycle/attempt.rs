@@ -66,11 +66,22 @@ pub(crate) fn start_attempt(
     run_id: &str,
     snapshot_id: &str,
 ) -> Result<StartedAttempt> {
-    let (mut run, payload) = match txn.tx.lock_run_with_payload(run_id)? {
+    let (run, payload) = match txn.tx.lock_run_with_payload(run_id)? {
         Some((run, payload)) if run.env_id == env_id => (run, payload.unwrap_or_default()),
         _ => return Err(crate::error::not_found("Run", run_id)),
     };
     txn.check_snapshot(&run, snapshot_id)?;
+    begin_attempt(txn, env_id, run, payload)
+}
+
+/// Starts the next attempt of a run in `PENDING_EXECUTING` the transaction holds (read for
+/// change, or claimed and not yet written), given its payload.
+pub(crate) fn begin_attempt(
+    txn: &mut Txn<'_>,
+    env_id: &str,
+    mut run: Run,
+    payload: Packet,
+) -> Result<StartedAttempt> {
     if run.execution_status != ExecutionStatus::PendingExecuting {
         return Err(Error::InvalidState(format!(
             "run {} is {}; an attempt starts only from PENDING_EXECUTING",

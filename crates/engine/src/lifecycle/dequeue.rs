@@ -142,8 +142,11 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
                     // Only a first queueing with a TTL armed an expiry.
                     txn.clear_timer(TimerKind::Expire, &run.id)?;
                 }
-                txn.arm_heartbeat(&run)?;
-                txn.save_run(&mut run)?;
+                if !req.start_attempts {
+                    txn.arm_heartbeat(&run)?;
+                    txn.save_run(&mut run)?;
+                }
+                // Otherwise the attempt's start below writes the run and arms its lease.
                 out.push(Dequeued { run, snapshot, worker: worker.clone(), task, machine, started: None });
             }
         }
@@ -152,10 +155,12 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
         }
     }
     if req.start_attempts && !out.is_empty() {
+        // The payloads, read together where the store can.
         let ids: Vec<&str> = out.iter().map(|d| d.run.id.as_str()).collect();
         txn.tx.prefetch_runs(&ids, &ids)?;
         for claimed in &mut out {
-            let started = attempt::start_attempt(txn, env_id, &claimed.run.id, &claimed.snapshot.id)?;
+            let payload = txn.tx.get_payload(&claimed.run.id)?.unwrap_or_default();
+            let started = attempt::begin_attempt(txn, env_id, claimed.run.clone(), payload)?;
             claimed.started = Some(started);
         }
     }
