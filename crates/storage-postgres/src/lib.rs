@@ -72,6 +72,7 @@
 
 mod error;
 mod notify;
+mod pending;
 mod store;
 mod tx;
 

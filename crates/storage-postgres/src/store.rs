@@ -97,8 +97,8 @@ type Reply = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + S
 /// A write already sent whose answer is read with the next call that waits for one.
 struct Deferred {
     reply: Reply,
-    /// The error when it changed no row.
-    must_change: Option<String>,
+    /// `(n, error)`: the error when it changed fewer than `n` rows.
+    must_change: Option<(u64, String)>,
 }
 
 /// One connection and the runtime that drives it. Statements are prepared once per
@@ -138,7 +138,7 @@ impl Session {
             let outcome = run(self.rt(), self.timeout, f);
             return self.settle(outcome);
         }
-        let (replies, checks): (Vec<Reply>, Vec<Option<String>>) =
+        let (replies, checks): (Vec<Reply>, Vec<Option<(u64, String)>>) =
             std::mem::take(&mut self.deferred).into_iter().map(|d| (d.reply, d.must_change)).unzip();
         let timeout = self.timeout;
         let outcome = self.rt().block_on(async {
@@ -152,22 +152,23 @@ impl Session {
         for (reply, must_change) in earlier.into_iter().zip(checks) {
             match reply {
                 Err(e) => return self.settle::<T>(Some(Err(e))),
-                Ok(0) if must_change.is_some() => {
-                    return Err(StorageError::new(ErrorKind::Other, must_change.unwrap_or_default()))
+                Ok(changed) => {
+                    if let Some((_, error)) = must_change.filter(|(n, _)| changed < *n) {
+                        return Err(StorageError::new(ErrorKind::Other, error));
+                    }
                 }
-                Ok(_) => {}
             }
         }
         self.settle(Some(result))
     }
 
-    /// Sends a write without waiting for its answer (see [`Session`]). `must_change` is the
-    /// error to report when it changes no row.
+    /// Sends a write without waiting for its answer (see [`Session`]). `must_change` is
+    /// `(n, error)`: the error to report when it changes fewer than `n` rows.
     pub(crate) fn defer(
         &mut self,
         sql: &str,
         params: Vec<Param>,
-        must_change: Option<String>,
+        must_change: Option<(u64, String)>,
     ) -> StorageResult<()> {
         let stmt = self.statement(sql)?;
         let client = self.client()?;

@@ -36,6 +36,7 @@ use trigger_types::{Millis, RunStatus, WaitpointStatus};
 
 use crate::error::{corrupt, decode, encode};
 use crate::notify::payloads;
+use crate::pending::{Flush, Pending};
 use crate::store::{Param, Session};
 
 /// Page size when [`Page::size`] is 0.
@@ -58,6 +59,8 @@ pub struct PostgresTx<'s> {
     /// Environments' running counts read locked, kept current by this transaction's own
     /// `acquire*` and `release*`.
     env_counts: HashMap<String, u32>,
+    /// Writes held back, sent as one statement per table (see [`Pending`]).
+    pending: Pending,
     /// `(channel, origin)` when effects are announced with `NOTIFY`.
     notify: Option<(&'s str, &'s str)>,
     /// Still needs a `COMMIT` or `ROLLBACK`.
@@ -80,6 +83,7 @@ impl<'s> PostgresTx<'s> {
             runs: HashMap::new(),
             batches: HashMap::new(),
             env_counts: HashMap::new(),
+            pending: Pending::default(),
             notify,
             open: true,
             failed: None,
@@ -92,6 +96,46 @@ impl<'s> PostgresTx<'s> {
         self.runs.clear();
         self.batches.clear();
         self.env_counts.clear();
+        self.pending.clear();
+    }
+
+    fn send(&mut self, flush: Flush) -> StorageResult<()> {
+        let r = self.session.defer(flush.sql, flush.params, flush.must_change);
+        self.note(r)
+    }
+
+    /// Sends the held run updates (before a statement that reads or writes runs by other
+    /// than their id).
+    fn flush_runs(&mut self) -> StorageResult<()> {
+        match self.pending.take_runs() {
+            Some(flush) => self.send(flush),
+            None => Ok(()),
+        }
+    }
+
+    fn flush_snapshots(&mut self) -> StorageResult<()> {
+        match self.pending.take_snapshots() {
+            Some(flush) => self.send(flush),
+            None => Ok(()),
+        }
+    }
+
+    fn flush_timers(&mut self) -> StorageResult<()> {
+        for flush in self.pending.take_timers() {
+            self.send(flush)?;
+        }
+        Ok(())
+    }
+
+    /// Sends everything held (before a savepoint, and at commit).
+    fn flush_all(&mut self) -> StorageResult<()> {
+        self.flush_runs()?;
+        self.flush_snapshots()?;
+        self.flush_timers()?;
+        match self.pending.take_outputs() {
+            Some(flush) => self.send(flush),
+            None => Ok(()),
+        }
     }
 
     /// Keeps a kept running count current after slots were taken (`+`) or freed.
@@ -158,7 +202,12 @@ impl<'s> PostgresTx<'s> {
     }
 
     /// A write whose answer nobody reads now: sent at once, checked with the next call.
-    fn defer(&mut self, sql: &str, params: Vec<Param>, must_change: Option<String>) -> StorageResult<()> {
+    fn defer(
+        &mut self,
+        sql: &str,
+        params: Vec<Param>,
+        must_change: Option<(u64, String)>,
+    ) -> StorageResult<()> {
         let r = self.session.defer(sql, params, must_change);
         self.note(r)
     }
@@ -387,6 +436,13 @@ impl Tx for PostgresTx<'_> {
             let _ = self.session.batch("ROLLBACK");
             return Err(StorageError::new(e.kind, format!("transaction rolled back after: {}", e.message)));
         }
+        if let Err(e) = self.flush_all() {
+            self.open = false;
+            self.forget_rows();
+            self.session.forget_deferred();
+            let _ = self.session.batch("ROLLBACK");
+            return Err(e);
+        }
         self.open = false;
         let committed = self.session.batch("COMMIT");
         if committed.is_err() {
@@ -397,6 +453,8 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn savepoint(&mut self) -> StorageResult<()> {
+        // What is held belongs before the savepoint.
+        self.flush_all()?;
         self.batch("SAVEPOINT sp")
     }
 
@@ -692,6 +750,10 @@ impl Tx for PostgresTx<'_> {
              ON CONFLICT (run_id) DO UPDATE SET
                  payload = excluded.payload, payload_type = excluded.payload_type";
         self.runs.remove(&run.id);
+        if run.idempotency_key.is_some() {
+            // A held update may free this key (an expired one cleared from an older run).
+            self.flush_runs()?;
+        }
         let mut params = Self::run_params(run)?;
         params.push(Box::new(payload.data.clone()));
         params.push(Box::new(payload.data_type.clone()));
@@ -782,7 +844,6 @@ impl Tx for PostgresTx<'_> {
                  is_test = $10, machine = $11, created_at = $12, idempotency_key = $13, tags = $14,
                  body = $15
              WHERE id = $1";
-        let params = Self::run_params(run)?;
         match self.runs.get_mut(&run.id) {
             Some(entry) => entry.0 = run.clone(),
             None => {
@@ -790,10 +851,13 @@ impl Tx for PostgresTx<'_> {
             }
         }
         if run.idempotency_key.is_none() {
-            // Without a key no constraint can fail: the engine's most frequent write need not
-            // wait for its answer.
-            return self.defer(SQL, params, Some(format!("run {} does not exist", run.id)));
+            // Without a key no constraint can fail: the engine's most frequent write is held
+            // and sent with the others (reads of this run are answered from `runs`).
+            let body = encode(run)?;
+            return self.pending.run(run, body).map_err(|e| corrupt(format!("run tags: {e}")));
         }
+        self.flush_runs()?;
+        let params = Self::run_params(run)?;
         let refs: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
         let n = self.exec(SQL, &refs)?;
@@ -812,20 +876,14 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn set_output(&mut self, run_id: &str, output: &Packet) -> StorageResult<()> {
-        let params: Vec<Param> = vec![
-            Box::new(run_id.to_string()),
-            Box::new(output.data.clone()),
-            Box::new(output.data_type.clone()),
-        ];
-        self.defer(
-            "INSERT INTO run_data (run_id, output, output_type) VALUES ($1, $2, $3)
-             ON CONFLICT (run_id) DO UPDATE SET output = excluded.output, output_type = excluded.output_type",
-            params,
-            None,
-        )
+        self.pending.output(run_id, output);
+        Ok(())
     }
 
     fn get_output(&mut self, run_id: &str) -> StorageResult<Option<Packet>> {
+        if let Some(output) = self.pending.output_of(run_id) {
+            return Ok(Some(output.clone()));
+        }
         let rows = self.query("SELECT output, output_type FROM run_data WHERE run_id = $1", &[&run_id])?;
         match rows.first() {
             Some(r) => Ok(packet(get(r, 0)?, get(r, 1)?)),
@@ -839,6 +897,7 @@ impl Tx for PostgresTx<'_> {
         task: &str,
         key: &str,
     ) -> StorageResult<Option<Run>> {
+        self.flush_runs()?;
         self.body(
             "SELECT body FROM runs WHERE env_id = $1 AND task = $2 AND idempotency_key = $3",
             &[&env_id, &task, &key],
@@ -846,6 +905,7 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn list_runs(&mut self, f: &RunFilter, page: &Page) -> StorageResult<Vec<Run>> {
+        self.flush_runs()?;
         let mut q = Query::new("SELECT body FROM runs");
         // An empty env id means every environment (the filter's fields are all optional).
         if !f.env_id.is_empty() {
@@ -881,6 +941,7 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn list_children(&mut self, parent_run_id: &str) -> StorageResult<Vec<Run>> {
+        self.flush_runs()?;
         self.bodies(
             "SELECT body FROM runs WHERE parent_run_id = $1 ORDER BY created_at, id",
             &[&parent_run_id],
@@ -888,6 +949,7 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn list_runs_in_status(&mut self, env_id: &str, status: RunStatus, max: u32) -> StorageResult<Vec<Run>> {
+        self.flush_runs()?;
         self.bodies(
             "SELECT body FROM runs WHERE env_id = $1 AND status = $2 ORDER BY created_at, id LIMIT $3",
             &[&env_id, &status.as_str(), &i64::from(max)],
@@ -897,17 +959,18 @@ impl Tx for PostgresTx<'_> {
     // Execution snapshots.
 
     fn insert_snapshot(&mut self, s: &Snapshot) -> StorageResult<()> {
-        // Snapshot ids are fresh: nothing can fail here that the next call would not report.
-        let params: Vec<Param> =
-            vec![Box::new(s.id.clone()), Box::new(s.run_id.clone()), Box::new(encode(s)?)];
-        self.defer("INSERT INTO snapshots (id, run_id, body) VALUES ($1, $2, $3)", params, None)
+        // Snapshot ids are fresh: held and sent with the others.
+        self.pending.snapshot(&s.id, &s.run_id, encode(s)?);
+        Ok(())
     }
 
     fn get_snapshot(&mut self, id: &str) -> StorageResult<Option<Snapshot>> {
+        self.flush_snapshots()?;
         self.body("SELECT body FROM snapshots WHERE id = $1", &[&id])
     }
 
     fn list_snapshots(&mut self, run_id: &str, after_id: Option<&str>) -> StorageResult<Vec<Snapshot>> {
+        self.flush_snapshots()?;
         match after_id {
             None => self.bodies("SELECT body FROM snapshots WHERE run_id = $1 ORDER BY id", &[&run_id]),
             Some(after) => self.bodies(
@@ -1182,33 +1245,24 @@ impl Tx for PostgresTx<'_> {
     // Timers.
 
     fn set_timer(&mut self, t: &Timer) -> StorageResult<()> {
-        let params: Vec<Param> = vec![
-            Box::new(t.key.clone()),
-            Box::new(t.kind.as_str()),
-            Box::new(t.target.clone()),
-            Box::new(t.fence.clone()),
-            Box::new(t.fire_at),
-        ];
-        self.defer(
-            "INSERT INTO timers (key, kind, target, fence, fire_at) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (key) DO UPDATE SET kind = excluded.kind, target = excluded.target,
-                 fence = excluded.fence, fire_at = excluded.fire_at",
-            params,
-            None,
-        )
+        self.pending.timer(&t.key, Some(t.clone()));
+        Ok(())
     }
 
     fn clear_timer(&mut self, key: &str) -> StorageResult<()> {
-        self.defer("DELETE FROM timers WHERE key = $1", vec![Box::new(key.to_string())], None)
+        self.pending.timer(key, None);
+        Ok(())
     }
 
     fn get_timer(&mut self, key: &str) -> StorageResult<Option<Timer>> {
+        self.flush_timers()?;
         let rows =
             self.query("SELECT key, kind, target, fence, fire_at FROM timers WHERE key = $1", &[&key])?;
         rows.first().map(timer_row).transpose()
     }
 
     fn take_due_timers(&mut self, now: Millis, max: u32) -> StorageResult<Vec<Timer>> {
+        self.flush_timers()?;
         // SKIP LOCKED: a timer another replica is taking is left to it.
         let rows = self.query(
             "DELETE FROM timers WHERE key IN (
@@ -1224,6 +1278,7 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn next_timer_at(&mut self) -> StorageResult<Option<Millis>> {
+        self.flush_timers()?;
         let rows = self.query("SELECT min(fire_at) FROM timers", &[])?;
         Ok(rows.first().map(|r| get::<Option<i64>>(r, 0)).transpose()?.flatten())
     }
@@ -1371,7 +1426,7 @@ impl Tx for PostgresTx<'_> {
         self.defer(
             "UPDATE batches SET env_id = $2, idempotency_key = $3, body = $4 WHERE id = $1",
             params,
-            Some(format!("batch {} does not exist", b.id)),
+            Some((1, format!("batch {} does not exist", b.id))),
         )
     }
 

@@ -1,0 +1,205 @@
+//! Writes a transaction holds back and sends later as one multi-row statement per table.
+//!
+//! The engine writes a snapshot, the run row and its lease timer at every transition, and a
+//! batch of commands makes hundreds of transitions: one statement each is most of what the
+//! database does per run. [`Pending`] keeps the writes nobody reads back at once — snapshot
+//! inserts, updates of runs without an idempotency key, timer changes and outputs — and
+//! [`crate::tx::PostgresTx`] sends each table's share as one statement (`unnest` of arrays)
+//! before anything reads that table, before a savepoint and at commit. Within a table the
+//! held writes touch distinct rows (a later write of the same row replaces the earlier one),
+//! so their order does not matter; across tables nothing the engine does depends on it.
+
+use std::collections::HashMap;
+
+use trigger_engine::model::{Packet, Run, Timer};
+
+use crate::store::Param;
+
+/// A held-back write of one table, ready to send.
+pub(crate) struct Flush {
+    pub sql: &'static str,
+    pub params: Vec<Param>,
+    /// `(n, error)`: the statement must change at least `n` rows.
+    pub must_change: Option<(u64, String)>,
+}
+
+/// The columns an update of a run writes (those fixed at insert are left alone).
+struct RunRow {
+    status: &'static str,
+    worker_id: Option<String>,
+    lock_to_version: Option<String>,
+    machine: Option<&'static str>,
+    idempotency_key: Option<String>,
+    /// As a JSON array, turned back into `text[]` by the statement.
+    tags: String,
+    body: String,
+}
+
+/// See the module documentation.
+#[derive(Default)]
+pub(crate) struct Pending {
+    snapshots: Vec<(String, String, String)>,
+    runs: HashMap<String, RunRow>,
+    timers: HashMap<String, Option<Timer>>,
+    outputs: HashMap<String, Packet>,
+}
+
+impl Pending {
+    pub fn snapshot(&mut self, id: &str, run_id: &str, body: String) {
+        self.snapshots.push((id.to_string(), run_id.to_string(), body));
+    }
+
+    /// A run's new state; `body` is its encoding.
+    pub fn run(&mut self, run: &Run, body: String) -> serde_json::Result<()> {
+        let row = RunRow {
+            status: run.status.as_str(),
+            worker_id: run.worker_id.clone(),
+            lock_to_version: run.lock_to_version.clone(),
+            machine: run.machine.map(|m| m.name()),
+            idempotency_key: run.idempotency_key.clone(),
+            tags: serde_json::to_string(&run.tags)?,
+            body,
+        };
+        self.runs.insert(run.id.clone(), row);
+        Ok(())
+    }
+
+    /// A timer set (`Some`) or cleared (`None`).
+    pub fn timer(&mut self, key: &str, timer: Option<Timer>) {
+        self.timers.insert(key.to_string(), timer);
+    }
+
+    pub fn output(&mut self, run_id: &str, output: &Packet) {
+        self.outputs.insert(run_id.to_string(), output.clone());
+    }
+
+    /// The output held for a run, if one is.
+    pub fn output_of(&self, run_id: &str) -> Option<&Packet> {
+        self.outputs.get(run_id)
+    }
+
+    /// Forgets everything held (rolled back).
+    pub fn clear(&mut self) {
+        *self = Pending::default();
+    }
+
+    pub fn take_snapshots(&mut self) -> Option<Flush> {
+        if self.snapshots.is_empty() {
+            return None;
+        }
+        let (mut ids, mut runs, mut bodies) = (Vec::new(), Vec::new(), Vec::new());
+        for (id, run_id, body) in std::mem::take(&mut self.snapshots) {
+            ids.push(id);
+            runs.push(run_id);
+            bodies.push(body);
+        }
+        Some(Flush {
+            sql: "INSERT INTO snapshots (id, run_id, body)
+                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[])",
+            params: vec![Box::new(ids), Box::new(runs), Box::new(bodies)],
+            must_change: None,
+        })
+    }
+
+    pub fn take_runs(&mut self) -> Option<Flush> {
+        if self.runs.is_empty() {
+            return None;
+        }
+        let rows = std::mem::take(&mut self.runs);
+        let n = rows.len() as u64;
+        let mut columns: [Vec<Option<String>>; 8] = Default::default();
+        for (id, row) in rows {
+            let values = [
+                Some(id),
+                Some(row.status.to_string()),
+                row.worker_id,
+                row.lock_to_version,
+                row.machine.map(str::to_string),
+                row.idempotency_key,
+                Some(row.tags),
+                Some(row.body),
+            ];
+            for (column, value) in columns.iter_mut().zip(values) {
+                column.push(value);
+            }
+        }
+        Some(Flush {
+            sql: "UPDATE runs r SET status = u.status,
+                      version = coalesce((SELECT w.version FROM workers w WHERE w.id = u.worker_id),
+                                         u.lock_version),
+                      machine = u.machine, idempotency_key = u.ikey,
+                      tags = ARRAY(SELECT json_array_elements_text(u.tags::json)), body = u.body
+                  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                              $7::text[], $8::text[])
+                       AS u(id, status, worker_id, lock_version, machine, ikey, tags, body)
+                  WHERE r.id = u.id",
+            params: columns.into_iter().map(|c| Box::new(c) as Param).collect(),
+            must_change: Some((n, format!("{n} runs were updated but not all of them exist"))),
+        })
+    }
+
+    /// At most two statements: the timers set, then the timers cleared.
+    pub fn take_timers(&mut self) -> Vec<Flush> {
+        let mut flushes = Vec::new();
+        if self.timers.is_empty() {
+            return flushes;
+        }
+        let (mut keys, mut kinds, mut targets, mut fences, mut fire_at, mut cleared) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (key, timer) in std::mem::take(&mut self.timers) {
+            match timer {
+                Some(t) => {
+                    keys.push(key);
+                    kinds.push(t.kind.as_str().to_string());
+                    targets.push(t.target);
+                    fences.push(t.fence);
+                    fire_at.push(t.fire_at);
+                }
+                None => cleared.push(key),
+            }
+        }
+        if !keys.is_empty() {
+            flushes.push(Flush {
+                sql: "INSERT INTO timers (key, kind, target, fence, fire_at)
+                      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+                      ON CONFLICT (key) DO UPDATE SET kind = excluded.kind, target = excluded.target,
+                          fence = excluded.fence, fire_at = excluded.fire_at",
+                params: vec![
+                    Box::new(keys),
+                    Box::new(kinds),
+                    Box::new(targets),
+                    Box::new(fences),
+                    Box::new(fire_at),
+                ],
+                must_change: None,
+            });
+        }
+        if !cleared.is_empty() {
+            flushes.push(Flush {
+                sql: "DELETE FROM timers WHERE key = ANY($1)",
+                params: vec![Box::new(cleared)],
+                must_change: None,
+            });
+        }
+        flushes
+    }
+
+    pub fn take_outputs(&mut self) -> Option<Flush> {
+        if self.outputs.is_empty() {
+            return None;
+        }
+        let (mut ids, mut data, mut types) = (Vec::new(), Vec::new(), Vec::new());
+        for (id, packet) in std::mem::take(&mut self.outputs) {
+            ids.push(id);
+            data.push(packet.data);
+            types.push(packet.data_type);
+        }
+        Some(Flush {
+            sql: "INSERT INTO run_data (run_id, output, output_type)
+                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+                  ON CONFLICT (run_id) DO UPDATE SET output = excluded.output, output_type = excluded.output_type",
+            params: vec![Box::new(ids), Box::new(data), Box::new(types)],
+            must_change: None,
+        })
+    }
+}
