@@ -364,6 +364,11 @@ pub trait Tx {
     fn find_batch_by_key(&mut self, env_id: &str, key: &str) -> StorageResult<Option<Batch>>;
     /// Records item `index` of a batch. Returns false when that index is already recorded.
     fn insert_batch_item(&mut self, batch_id: &str, index: u32, run_id: &str) -> StorageResult<bool>;
+    /// [`Tx::insert_batch_item`] for a caller that knows the index is not recorded yet and
+    /// needs no answer; a backend may send it without waiting.
+    fn record_batch_item(&mut self, batch_id: &str, index: u32, run_id: &str) -> StorageResult<()> {
+        self.insert_batch_item(batch_id, index, run_id).map(drop)
+    }
     /// The run of item `index` of a batch, if recorded.
     fn get_batch_item(&mut self, batch_id: &str, index: u32) -> StorageResult<Option<String>>;
     /// `(index, run_id)` of a batch's items, by index.

@@ -61,6 +61,9 @@ pub struct PostgresTx<'s> {
     env_counts: HashMap<String, u32>,
     /// Writes held back, sent as one statement per table (see [`Pending`]).
     pending: Pending,
+    /// Runs inserted by this transaction: their first enqueue cannot find an entry to
+    /// replace, so it need not wait for its answer.
+    inserted: std::collections::HashSet<String>,
     /// `(channel, origin)` when effects are announced with `NOTIFY`.
     notify: Option<(&'s str, &'s str)>,
     /// Still needs a `COMMIT` or `ROLLBACK`.
@@ -84,6 +87,7 @@ impl<'s> PostgresTx<'s> {
             batches: HashMap::new(),
             env_counts: HashMap::new(),
             pending: Pending::default(),
+            inserted: std::collections::HashSet::new(),
             notify,
             open: true,
             failed: None,
@@ -97,6 +101,7 @@ impl<'s> PostgresTx<'s> {
         self.batches.clear();
         self.env_counts.clear();
         self.pending.clear();
+        self.inserted.clear();
     }
 
     fn send(&mut self, flush: Flush) -> StorageResult<()> {
@@ -750,6 +755,7 @@ impl Tx for PostgresTx<'_> {
              ON CONFLICT (run_id) DO UPDATE SET
                  payload = excluded.payload, payload_type = excluded.payload_type";
         self.runs.remove(&run.id);
+        self.inserted.insert(run.id.clone());
         if run.idempotency_key.is_some() {
             // A held update may free this key (an expired one cleared from an older run).
             self.flush_runs()?;
@@ -985,8 +991,7 @@ impl Tx for PostgresTx<'_> {
     fn enqueue(&mut self, e: &ReadyEntry) -> StorageResult<()> {
         let body = encode(e)?;
         // The common case in one statement: a new entry, counted in its subqueue.
-        let inserted = self.exec(
-            "WITH ins AS (
+        const SQL: &str = "WITH ins AS (
                  INSERT INTO ready (run_id, env_id, queue, ck, score, body) VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (run_id) DO NOTHING RETURNING run_id)
              INSERT INTO subqueues (env_id, queue, ck, ready_count, running, lim, paused)
@@ -994,9 +999,21 @@ impl Tx for PostgresTx<'_> {
                     (SELECT lim FROM queues WHERE env_id = $2 AND name = $3),
                     coalesce((SELECT paused FROM queues WHERE env_id = $2 AND name = $3), false)
              FROM ins
-             ON CONFLICT (env_id, queue, ck) DO UPDATE SET ready_count = subqueues.ready_count + 1",
-            &[&e.run_id, &e.env_id, &e.queue, &e.concurrency_key, &e.score, &body],
-        )?;
+             ON CONFLICT (env_id, queue, ck) DO UPDATE SET ready_count = subqueues.ready_count + 1";
+        if self.inserted.remove(&e.run_id) {
+            // A run inserted by this transaction has no entry yet: nothing to wait for.
+            let params: Vec<Param> = vec![
+                Box::new(e.run_id.clone()),
+                Box::new(e.env_id.clone()),
+                Box::new(e.queue.clone()),
+                Box::new(e.concurrency_key.clone()),
+                Box::new(e.score),
+                Box::new(body),
+            ];
+            return self.defer(SQL, params, Some((1, format!("run {} was queued twice", e.run_id))));
+        }
+        let inserted =
+            self.exec(SQL, &[&e.run_id, &e.env_id, &e.queue, &e.concurrency_key, &e.score, &body])?;
         if inserted == 1 {
             return Ok(());
         }
@@ -1440,6 +1457,16 @@ impl Tx for PostgresTx<'_> {
             &[&batch_id, &to_i32(index), &run_id],
         )?;
         Ok(n == 1)
+    }
+
+    fn record_batch_item(&mut self, batch_id: &str, index: u32, run_id: &str) -> StorageResult<()> {
+        let params: Vec<Param> =
+            vec![Box::new(batch_id.to_string()), Box::new(to_i32(index)), Box::new(run_id.to_string())];
+        self.defer(
+            "INSERT INTO batch_items (batch_id, idx, run_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            params,
+            None,
+        )
     }
 
     fn get_batch_item(&mut self, batch_id: &str, index: u32) -> StorageResult<Option<String>> {

@@ -142,7 +142,7 @@ pub(crate) fn add_items(
         accepted += 1;
         match trigger::trigger(txn, env_id, &request, Some(&slot)) {
             Ok(triggered) => {
-                txn.tx.insert_batch_item(&batch.id, item.index, &triggered.run.id)?;
+                txn.tx.record_batch_item(&batch.id, item.index, &triggered.run.id)?;
                 batch.run_count += 1;
                 if triggered.is_cached {
                     // A cached run reports to its own batch once, for its own item: count
