@@ -86,14 +86,30 @@ impl SqliteStore {
 
     /// Opens (creating if needed) a database file.
     pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> StorageResult<Self> {
-        let conn = Connection::open_with_flags(path.as_ref(), open_flags()).map_err(unavailable)?;
+        // Some of what opening does can meet another opener's lock without SQLite calling the
+        // busy handler (switching to WAL, or recovering the WAL index, while another
+        // connection does): every step is safe to repeat, so the whole of it is retried for
+        // as long as a busy statement would wait.
+        let started = Instant::now();
+        loop {
+            match Self::try_open(path.as_ref(), &options) {
+                Err(e) if e.kind == ErrorKind::Conflict && started.elapsed() < BUSY_TIMEOUT => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                opened => return opened,
+            }
+        }
+    }
+
+    fn try_open(path: &Path, options: &SqliteOptions) -> StorageResult<Self> {
+        let conn = Connection::open_with_flags(path, open_flags()).map_err(unavailable)?;
         // The busy handler first: switching to WAL and migrating wait for other openers.
         conn.busy_handler(Some(wait_for_lock)).db()?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).db()?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StorageError::new(
                 ErrorKind::Unavailable,
-                format!("cannot switch {} to WAL (journal_mode is {mode})", path.as_ref().display()),
+                format!("cannot switch {} to WAL (journal_mode is {mode})", path.display()),
             ));
         }
         conn.execute_batch(&format!("PRAGMA synchronous = {}", options.synchronous.pragma())).db()?;
