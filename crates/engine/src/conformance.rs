@@ -1110,11 +1110,15 @@ pub fn claim_reads<S: Store>(mut store: S) {
         ok(tx.insert_run(&sample_run(&id, ENV, "task-a", i), &payload(i)));
         ok(tx.enqueue(&entry(&id, ENV, "q", "", score)));
     }
-    let (entries, runs) = ok(tx.peek_and_lock(ENV, "q", "", 2));
+    let (entries, runs) = ok(tx.peek_and_lock(ENV, "q", "", 2, false));
     assert_eq!(ids(&entries, |e| &e.run_id), strings(&["run_r1", "run_r2"]), "lowest scores first");
     let mut read = ids(&runs, |r| &r.id);
     read.sort();
     assert_eq!(read, strings(&["run_r1", "run_r2"]), "each entry's run");
+
+    let (entries, _) = ok(tx.peek_and_lock(ENV, "q", "", 1, true));
+    assert_eq!(ids(&entries, |e| &e.run_id), strings(&["run_r1"]));
+    assert_eq!(ok(tx.get_payload("run_r1")), Some(payload(1)), "the payload, read or not with the claim");
 
     let mut read = ids(&ok(tx.lock_runs(&["run_r2", "run_missing", "run_r0", "run_r2"])), |r| &r.id);
     read.sort();

@@ -268,14 +268,18 @@ pub trait Tx {
     ) -> StorageResult<Vec<ReadyEntry>>;
     /// [`Tx::peek_subqueue`] and the entries' runs read for change ([`Tx::lock_runs`]): the
     /// first step of a claim. A backend may read both in one statement; an entry whose run
-    /// is missing may then be left out.
+    /// is missing may then be left out. `with_payloads` says the payloads will be read next
+    /// (the claim starts the attempts), for a backend that can read them now as
+    /// [`Tx::prefetch_runs`] does.
     fn peek_and_lock(
         &mut self,
         env_id: &str,
         queue: &str,
         concurrency_key: &str,
         max: u32,
+        with_payloads: bool,
     ) -> StorageResult<(Vec<ReadyEntry>, Vec<Run>)> {
+        let _ = with_payloads;
         let entries = self.peek_subqueue(env_id, queue, concurrency_key, max)?;
         let ids: Vec<&str> = entries.iter().map(|e| e.run_id.as_str()).collect();
         let runs = self.lock_runs(&ids)?;

@@ -1104,20 +1104,26 @@ impl Tx for PostgresTx<'_> {
         queue: &str,
         ck: &str,
         max: u32,
+        with_payloads: bool,
     ) -> StorageResult<(Vec<ReadyEntry>, Vec<Run>)> {
         let rows = self.query(
-            "SELECT e.body, r.body FROM ready e JOIN runs r ON r.id = e.run_id
+            "SELECT e.body, r.body, d.payload, d.payload_type FROM ready e JOIN runs r ON r.id = e.run_id
+             LEFT JOIN run_data d ON $5 AND d.run_id = r.id
              WHERE e.env_id = $1 AND e.queue = $2 AND e.ck = $3
              ORDER BY e.score, e.run_id LIMIT $4 FOR UPDATE OF r",
-            &[&env_id, &queue, &ck, &i64::from(max)],
+            &[&env_id, &queue, &ck, &i64::from(max), &with_payloads],
         )?;
         let (mut entries, mut runs) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
         for row in &rows {
             entries.push(decode::<ReadyEntry>(&get::<String>(row, 0)?)?);
             let run: Run = decode(&get::<String>(row, 1)?)?;
+            let payload = if with_payloads { Some(packet(get(row, 2)?, get(row, 3)?)) } else { None };
             // A run this transaction changed reads the same from the database (its writes went
             // first); keep the copy already held.
             let kept = self.runs.entry(run.id.clone()).or_insert((run, None));
+            if kept.1.is_none() {
+                kept.1 = payload;
+            }
             runs.push(kept.0.clone());
         }
         Ok((entries, runs))

@@ -89,8 +89,13 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
             let limit = sub.limit.unwrap_or(env_limit).min(env_limit);
             let free = limit.saturating_sub(sub.running).min(env_limit - env_running);
             // The head entries and their runs, read (and locked) together.
-            let (entries, runs) =
-                txn.tx.peek_and_lock(env_id, &sub.queue, &sub.concurrency_key, free.min(want.max(1)))?;
+            let (entries, runs) = txn.tx.peek_and_lock(
+                env_id,
+                &sub.queue,
+                &sub.concurrency_key,
+                free.min(want.max(1)),
+                req.start_attempts,
+            )?;
             let mut runs: HashMap<String, Run> = runs.into_iter().map(|run| (run.id.clone(), run)).collect();
             // The runs this subqueue gives: taken off the queue and given their slots together.
             let mut claimed: Vec<(Run, TaskDef, MachinePreset)> = Vec::new();
