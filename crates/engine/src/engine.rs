@@ -129,13 +129,12 @@ impl Engine {
 
     /// [`Engine::call`] for a command that starts by changing one run (`payload`: and reads
     /// its payload), named so the store can read the runs of a whole batch at once.
-    async fn call_on_run<T, F>(&self, run_id: &str, payload: bool, f: F) -> Result<T>
+    async fn call_on_run<T, F>(&self, run_id: String, payload: bool, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnMut(&mut Txn<'_>) -> Result<T> + Send + 'static,
     {
-        let hint = RunHint { run_id: run_id.to_string(), payload };
-        self.inner.writer.call(Some(hint), f).await
+        self.inner.writer.call(Some(RunHint { run_id, payload }), f).await
     }
 
     /// Every run change after commit: for pushing snapshots to workers and live views.
@@ -348,9 +347,10 @@ impl Engine {
         snapshot_id: &str,
     ) -> Result<StartedAttempt> {
         let (env_id, run_id, snapshot_id) = (env_id.to_string(), run_id.to_string(), snapshot_id.to_string());
-        let hint = run_id.clone();
-        self.call_on_run(&hint, true, move |txn| attempt::start_attempt(txn, &env_id, &run_id, &snapshot_id))
-            .await
+        self.call_on_run(run_id.clone(), true, move |txn| {
+            attempt::start_attempt(txn, &env_id, &run_id, &snapshot_id)
+        })
+        .await
     }
 
     pub async fn complete_attempt(
@@ -362,8 +362,7 @@ impl Engine {
         flushed_metadata: Option<MetadataUpdate>,
     ) -> Result<AttemptOutcome> {
         let (env_id, run_id, snapshot_id) = (env_id.to_string(), run_id.to_string(), snapshot_id.to_string());
-        let hint = run_id.clone();
-        self.call_on_run(&hint, false, move |txn| {
+        self.call_on_run(run_id.clone(), false, move |txn| {
             attempt::complete_attempt(
                 txn,
                 &env_id,
@@ -379,9 +378,10 @@ impl Engine {
     /// Extends the lease of the run's current snapshot.
     pub async fn heartbeat(&self, env_id: &str, run_id: &str, snapshot_id: &str) -> Result<()> {
         let (env_id, run_id, snapshot_id) = (env_id.to_string(), run_id.to_string(), snapshot_id.to_string());
-        let hint = run_id.clone();
-        self.call_on_run(&hint, false, move |txn| attempt::heartbeat(txn, &env_id, &run_id, &snapshot_id))
-            .await
+        self.call_on_run(run_id.clone(), false, move |txn| {
+            attempt::heartbeat(txn, &env_id, &run_id, &snapshot_id)
+        })
+        .await
     }
 
     /// The run and its latest snapshot.

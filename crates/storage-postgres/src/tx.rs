@@ -104,32 +104,30 @@ impl<'s> PostgresTx<'s> {
         self.inserted.clear();
     }
 
-    fn send(&mut self, flush: Flush) -> StorageResult<()> {
-        let r = self.session.defer(flush.sql, flush.params, flush.must_change);
-        self.note(r)
+    /// Sends held-back writes without waiting for their answers.
+    fn send(&mut self, flushes: impl IntoIterator<Item = Flush>) -> StorageResult<()> {
+        for flush in flushes {
+            let r = self.session.defer(flush.sql, flush.params, flush.must_change);
+            self.note(r)?;
+        }
+        Ok(())
     }
 
     /// Sends the held run updates (before a statement that reads or writes runs by other
     /// than their id).
     fn flush_runs(&mut self) -> StorageResult<()> {
-        match self.pending.take_runs() {
-            Some(flush) => self.send(flush),
-            None => Ok(()),
-        }
+        let flush = self.pending.take_runs();
+        self.send(flush)
     }
 
     fn flush_snapshots(&mut self) -> StorageResult<()> {
-        match self.pending.take_snapshots() {
-            Some(flush) => self.send(flush),
-            None => Ok(()),
-        }
+        let flush = self.pending.take_snapshots();
+        self.send(flush)
     }
 
     fn flush_timers(&mut self) -> StorageResult<()> {
-        for flush in self.pending.take_timers() {
-            self.send(flush)?;
-        }
-        Ok(())
+        let flushes = self.pending.take_timers();
+        self.send(flushes)
     }
 
     /// Sends everything held (before a savepoint, and at commit).
@@ -137,10 +135,8 @@ impl<'s> PostgresTx<'s> {
         self.flush_runs()?;
         self.flush_snapshots()?;
         self.flush_timers()?;
-        match self.pending.take_outputs() {
-            Some(flush) => self.send(flush),
-            None => Ok(()),
-        }
+        let flush = self.pending.take_outputs();
+        self.send(flush)
     }
 
     /// Keeps a kept running count current after slots were taken (`+`) or freed.
@@ -154,14 +150,15 @@ impl<'s> PostgresTx<'s> {
     /// them.
     fn read_runs(&mut self, ids: &[&str], with_payload: &[&str]) -> StorageResult<()> {
         let rows = self.query(
-            "SELECT r.body, d.payload, d.payload_type, d.run_id IS NOT NULL FROM runs r
+            "SELECT r.body, d.payload, d.payload_type FROM runs r
              LEFT JOIN run_data d ON d.run_id = r.id AND r.id = ANY($2)
              WHERE r.id = ANY($1) FOR UPDATE OF r",
             &[&ids, &with_payload],
         )?;
+        let with_payload: std::collections::HashSet<&str> = with_payload.iter().copied().collect();
         for row in &rows {
             let run: Run = decode(&get::<String>(row, 0)?)?;
-            let payload = if get::<bool>(row, 3)? || with_payload.contains(&run.id.as_str()) {
+            let payload = if with_payload.contains(run.id.as_str()) {
                 Some(packet(get(row, 1)?, get(row, 2)?))
             } else {
                 None
