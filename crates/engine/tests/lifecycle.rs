@@ -66,14 +66,19 @@ async fn a_claim_that_starts_attempts_answers_with_each_started_attempt() {
         assert_eq!(started.snapshot.execution_status, ExecutionStatus::Executing);
         assert_eq!(started.payload.data.as_deref(), Some(r#"{"n":1}"#));
         assert_eq!(started.task.as_ref().map(|t| t.slug.as_str()), Some(started.run.task.as_str()));
-        assert_eq!(d.snapshot.execution_status, ExecutionStatus::PendingExecuting, "the claim's snapshot");
+        assert_eq!(d.snapshot, started.snapshot, "the claim answers with the run's latest snapshot");
+        // Nothing could see the run between claim and start: its log goes from QUEUED
+        // straight to EXECUTING.
+        let log = h.engine.snapshots_since(&h.env.id, &d.run.id, None).await.unwrap();
+        let statuses: Vec<ExecutionStatus> = log.iter().map(|s| s.execution_status).collect();
+        assert_eq!(statuses, [ExecutionStatus::Queued, ExecutionStatus::Executing]);
     }
     assert_eq!(h.running().await, 2);
     // The attempt is the one that runs: completing it finishes the run, and starting it
     // again is refused.
     let started = claimed[0].started.clone().unwrap();
     let again = h.engine.start_attempt(&h.env.id, &started.run.id, &claimed[0].snapshot.id).await;
-    assert!(again.is_err(), "the claim's snapshot is no longer the latest");
+    assert!(again.is_err(), "an attempt that runs is not started twice");
     let done = h.succeed(&started.run.id, &started.snapshot.id, json!({"ok": true})).await;
     assert_eq!(done.run.status, RunStatus::Completed);
     assert!([a.id.as_str(), b.id.as_str()].contains(&started.run.id.as_str()));

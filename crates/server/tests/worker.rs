@@ -41,8 +41,10 @@ async fn a_dequeue_can_start_the_attempts_it_claims() {
     assert_eq!(messages.len(), 1);
     let message = &messages[0];
     assert_eq!(message["run"]["friendlyId"], run.as_str());
-    assert_eq!(message["snapshot"]["executionStatus"], "PENDING_EXECUTING");
+    // The run's snapshot is the started attempt's: the claim and the start are one step.
+    assert_eq!(message["snapshot"]["executionStatus"], "EXECUTING");
     let attempt = &message["attempt"];
+    assert_eq!(message["snapshot"], attempt["snapshot"]);
     assert_fields(&attempt["snapshot"], SNAPSHOT);
     assert_eq!(attempt["snapshot"]["executionStatus"], "EXECUTING");
     assert_eq!(attempt["run"]["status"], "EXECUTING");

@@ -35,6 +35,8 @@ pub struct DequeueRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dequeued {
     pub run: Run,
+    /// The run's snapshot after the claim: `PENDING_EXECUTING`, or the started attempt's
+    /// `EXECUTING` one when [`DequeueRequest::start_attempts`] asked.
     pub snapshot: Snapshot,
     pub worker: WorkerVersion,
     pub task: TaskDef,
@@ -44,7 +46,8 @@ pub struct Dequeued {
 }
 
 /// Claims runs for a worker. Each run is claimed once: it leaves the queue, takes a slot
-/// and gets a `PENDING_EXECUTING` snapshot with a lease in the same transaction.
+/// and gets a `PENDING_EXECUTING` snapshot with a lease in the same transaction (or, when
+/// the claim starts the attempts, goes straight on to `EXECUTING`).
 pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> Result<Vec<Dequeued>> {
     let env = registry::environment(txn, env_id)?;
     if env.paused || req.max_runs == 0 {
@@ -64,12 +67,14 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
     let known: HashSet<&str> = tasks.iter().map(|t| t.slug.as_str()).collect();
 
     let mut out = Vec::new();
+    // Claimed runs whose attempts start with the claim (`start_attempts`).
+    let mut to_start: Vec<(Run, TaskDef, MachinePreset)> = Vec::new();
     let (mut cpu, mut memory) = (req.cpu.unwrap_or(f64::INFINITY), req.memory.unwrap_or(f64::INFINITY));
     let mut blocked: HashSet<(String, String)> = HashSet::new();
     // A few rounds, while a round may have left claimable work it did not see.
     for _ in 0..4 {
         let (env_limit, env_running) = queue::env_capacity(txn, env_id)?;
-        if env_running >= env_limit || out.len() as u32 >= req.max_runs {
+        if env_running >= env_limit || claimed_count(&out, &to_start) >= req.max_runs {
             break;
         }
         let subs = txn.tx.claimable_subqueues(env_id, env_limit, CLAIMABLE_PER_ROUND)?;
@@ -82,7 +87,7 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
                 continue;
             }
             let (env_limit, env_running) = queue::env_capacity(txn, env_id)?;
-            let want = req.max_runs.saturating_sub(out.len() as u32);
+            let want = req.max_runs.saturating_sub(claimed_count(&out, &to_start));
             if want == 0 || env_running >= env_limit {
                 break;
             }
@@ -107,7 +112,7 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
                     again = true;
                     continue;
                 }
-                if (out.len() + claimed.len()) as u32 >= req.max_runs {
+                if claimed_count(&out, &to_start) + claimed.len() as u32 >= req.max_runs {
                     break;
                 }
                 let version_ok = run.lock_to_version.as_ref().is_none_or(|v| *v == worker.version);
@@ -137,21 +142,26 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
             for (mut run, task, machine) in claimed {
                 lock_to_task(&mut run, &worker, &task, machine, &req.worker_instance);
                 run.status = RunStatus::Dequeued;
+                if run.ttl_ms.is_some_and(|ttl| ttl > 0) && run.attempt_number == 0 {
+                    // Only a first queueing with a TTL armed an expiry.
+                    txn.clear_timer(TimerKind::Expire, &run.id)?;
+                }
+                if req.start_attempts {
+                    // The attempt starts below, in this transaction: no one can observe the
+                    // run between claim and start, so that state gets no snapshot row, and
+                    // the start writes the run and arms its lease.
+                    run.execution_status = ExecutionStatus::PendingExecuting;
+                    to_start.push((run, task, machine));
+                    continue;
+                }
                 let snapshot = txn.snapshot(
                     &mut run,
                     ExecutionStatus::PendingExecuting,
                     "run was dequeued",
                     Vec::new(),
                 )?;
-                if run.ttl_ms.is_some_and(|ttl| ttl > 0) && run.attempt_number == 0 {
-                    // Only a first queueing with a TTL armed an expiry.
-                    txn.clear_timer(TimerKind::Expire, &run.id)?;
-                }
-                if !req.start_attempts {
-                    txn.arm_heartbeat(&run)?;
-                    txn.save_run(&mut run)?;
-                }
-                // Otherwise the attempt's start below writes the run and arms its lease.
+                txn.arm_heartbeat(&run)?;
+                txn.save_run(&mut run)?;
                 out.push(Dequeued { run, snapshot, worker: worker.clone(), task, machine, started: None });
             }
         }
@@ -159,17 +169,22 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
             break;
         }
     }
-    if req.start_attempts && !out.is_empty() {
+    if !to_start.is_empty() {
         // The payloads, read together where the store can.
-        let ids: Vec<&str> = out.iter().map(|d| d.run.id.as_str()).collect();
+        let ids: Vec<&str> = to_start.iter().map(|(run, ..)| run.id.as_str()).collect();
         txn.tx.prefetch_runs(&ids, &ids)?;
-        for claimed in &mut out {
-            let payload = txn.tx.get_payload(&claimed.run.id)?.unwrap_or_default();
-            let started = attempt::begin_attempt(txn, env_id, claimed.run.clone(), payload)?;
-            claimed.started = Some(started);
+        for (run, task, machine) in to_start {
+            let payload = txn.tx.get_payload(&run.id)?.unwrap_or_default();
+            let started = attempt::begin_attempt(txn, env_id, run, payload)?;
+            let (run, snapshot) = (started.run.clone(), started.snapshot.clone());
+            out.push(Dequeued { run, snapshot, worker: worker.clone(), task, machine, started: Some(started) });
         }
     }
     Ok(out)
+}
+
+fn claimed_count(out: &[Dequeued], to_start: &[(Run, TaskDef, MachinePreset)]) -> u32 {
+    (out.len() + to_start.len()) as u32
 }
 
 /// At dequeue a run takes its settings from the task definition of the version it runs on.
