@@ -46,6 +46,7 @@
 //! [`Tx::release`]: trigger_engine::storage::Tx::release
 //! [`Tx::get_subqueue`]: trigger_engine::storage::Tx::get_subqueue
 
+mod checkpoint;
 mod error;
 mod store;
 mod tx;

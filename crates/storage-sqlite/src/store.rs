@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, OptionalExtension};
 use trigger_engine::storage::{ErrorKind, StorageError, StorageResult, Store, Tx};
 
+use crate::checkpoint::{self, Checkpointer};
 use crate::error::DbResult;
 use crate::tx::SqliteTx;
 
@@ -56,6 +57,9 @@ pub struct SqliteOptions {
 /// Several stores (in one process or several) may open the same file; their transactions
 /// serialize on SQLite's write lock, since [`Store::begin`] takes it up front.
 pub struct SqliteStore {
+    /// Checkpoints a file database's WAL from a thread of its own. Declared before `conn`
+    /// so that it is dropped (its connection closed) first.
+    checkpointer: Option<Checkpointer>,
     conn: Connection,
     /// Registry rows read in earlier transactions. A SQLite file is served by one engine
     /// process (see `docs/architecture.md`), so only this store's own writes change them.
@@ -113,7 +117,11 @@ impl SqliteStore {
             ));
         }
         conn.execute_batch(&format!("PRAGMA synchronous = {}", options.synchronous.pragma())).db()?;
-        Self::setup(conn)
+        let mut store = Self::setup(conn)?;
+        if let Some(path) = checkpoint::file_path(&store.conn) {
+            store.checkpointer = Checkpointer::start(&store.conn, &path, open_flags());
+        }
+        Ok(store)
     }
 
     /// A private in-memory database, gone when the store is dropped.
@@ -124,7 +132,7 @@ impl SqliteStore {
 
     fn setup(conn: Connection) -> StorageResult<Self> {
         Self::prepare_schema(&conn)?;
-        Ok(SqliteStore { conn, registry: Default::default() })
+        Ok(SqliteStore { checkpointer: None, conn, registry: Default::default() })
     }
 
     /// Connection settings shared by file and memory databases, then the migrations.
@@ -155,7 +163,7 @@ impl Store for SqliteStore {
         // IMMEDIATE takes the write lock now, so concurrent writers queue here (through the
         // busy handler) instead of failing at their first write or at commit.
         self.conn.prepare_cached("BEGIN IMMEDIATE").db()?.execute([]).db()?;
-        Ok(Box::new(SqliteTx::new(&self.conn, &mut self.registry)))
+        Ok(Box::new(SqliteTx::new(&self.conn, &mut self.registry, self.checkpointer.as_ref())))
     }
 }
 

@@ -18,6 +18,7 @@ use trigger_engine::model::{
 use trigger_engine::storage::{ErrorKind, RegistryCache, StorageError, StorageResult, Tx};
 use trigger_types::{Millis, RunStatus, WaitpointStatus};
 
+use crate::checkpoint::Checkpointer;
 use crate::error::{decode, encode, from_sqlite, kind_of, DbResult};
 
 /// Page size when [`Page::size`] is 0.
@@ -27,6 +28,8 @@ const DEFAULT_PAGE_SIZE: u32 = 25;
 /// [`Tx::commit`] rolls it back.
 pub struct SqliteTx<'c> {
     conn: &'c Connection,
+    /// Told of each commit (file databases).
+    checkpointer: Option<&'c Checkpointer>,
     registry: &'c mut RegistryCache,
     /// Still needs a `COMMIT` or `ROLLBACK`.
     open: bool,
@@ -67,8 +70,19 @@ impl RunColumns {
 
 impl<'c> SqliteTx<'c> {
     /// Wraps a connection on which `BEGIN` has just run.
-    pub(crate) fn new(conn: &'c Connection, registry: &'c mut RegistryCache) -> Self {
-        SqliteTx { conn, registry, open: true, aborted: Cell::new(None), run_columns: RefCell::default() }
+    pub(crate) fn new(
+        conn: &'c Connection,
+        registry: &'c mut RegistryCache,
+        checkpointer: Option<&'c Checkpointer>,
+    ) -> Self {
+        SqliteTx {
+            conn,
+            checkpointer,
+            registry,
+            open: true,
+            aborted: Cell::new(None),
+            run_columns: RefCell::default(),
+        }
     }
 
     fn prepare(&self, sql: &str) -> StorageResult<CachedStatement<'c>> {
@@ -352,6 +366,9 @@ impl Tx for SqliteTx<'_> {
         // On failure `open` stays set, so dropping `self` rolls back.
         self.exec("COMMIT", [])?;
         self.open = false;
+        if let Some(checkpointer) = self.checkpointer {
+            checkpointer.committed(self.conn);
+        }
         Ok(())
     }
 
@@ -1243,7 +1260,7 @@ mod tests {
         )
         .unwrap();
         let mut registry = RegistryCache::default();
-        let mut tx = SqliteTx::new(&conn, &mut registry);
+        let mut tx = SqliteTx::new(&conn, &mut registry, None);
         assert_eq!(tx.get_environment("env_bad").unwrap_err().kind, ErrorKind::Corrupt);
         assert_eq!(tx.get_environment("env_int").unwrap_err().kind, ErrorKind::Corrupt);
         assert_eq!(tx.get_timer("t").unwrap_err().kind, ErrorKind::Corrupt);
@@ -1266,7 +1283,7 @@ mod tests {
         SqliteStore::prepare_schema(&conn).unwrap();
         conn.execute_batch("BEGIN").unwrap();
         let mut registry = RegistryCache::default();
-        let mut tx = SqliteTx::new(&conn, &mut registry);
+        let mut tx = SqliteTx::new(&conn, &mut registry, None);
         tx.insert_environment(&env("env_1")).unwrap();
         // A statement that makes SQLite roll back the whole transaction, as it does itself
         // after an I/O error or a full disk.

@@ -153,3 +153,40 @@ fn opening_in_a_missing_directory_is_unavailable() {
     let err = SqliteStore::open(dir.file("no/such/dir/db.sqlite")).expect_err("must fail");
     assert_eq!(err.kind, trigger_engine::storage::ErrorKind::Unavailable);
 }
+
+#[test]
+fn commits_are_checkpointed_off_the_writer_and_a_closed_store_leaves_no_wal() {
+    let dir = TempDir::new("checkpoint");
+    let path = dir.file("ckpt.sqlite");
+    let wal = dir.file("ckpt.sqlite-wal");
+    let mut store = SqliteStore::open(&path).expect("open");
+    let before = std::fs::metadata(&path).expect("db file").len();
+    // A few hundred pages: short of SQLite's own automatic checkpoint (1,000 pages), which
+    // the store turns off for its connection anyway.
+    let mut tx = store.begin().expect("begin");
+    for i in 0..3000 {
+        let env = Environment {
+            id: format!("env_{i:05}_{}", "x".repeat(40)),
+            project_id: "proj".into(),
+            kind: EnvironmentType::Development,
+            concurrency_limit: 1,
+            paused: false,
+            created_at: i,
+        };
+        tx.insert_environment(&env).expect("insert");
+    }
+    tx.commit().expect("commit");
+    assert!(std::fs::metadata(&wal).expect("wal").len() > 0, "the commit went to the WAL");
+    // The checkpoint thread copies the commit into the database file without another write.
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&path).expect("db file").len() <= before {
+        assert!(Instant::now() < deadline, "the WAL was not checkpointed");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // Its connection closes first, so the store's own, the last one, removes the WAL.
+    drop(store);
+    assert!(!wal.exists(), "a closed store leaves no WAL behind");
+    let mut store = SqliteStore::open(&path).expect("reopen");
+    let mut tx = store.begin().expect("begin");
+    assert_eq!(tx.list_environments("proj").expect("list").len(), 3000);
+}
