@@ -66,11 +66,9 @@ impl Checkpointer {
 
     /// Called by the writer after each commit.
     pub(crate) fn committed(&self, writer: &Connection) {
-        if self.inline.swap(false, Ordering::Relaxed) {
-            if checkpoint(writer).is_none() {
-                // Another checkpoint was running: try again after the next commit.
-                self.inline.store(true, Ordering::Relaxed);
-            }
+        // None: another checkpoint was running; try again after the next commit.
+        if self.inline.swap(false, Ordering::Relaxed) && checkpoint(writer).is_none() {
+            self.inline.store(true, Ordering::Relaxed);
         }
         if let Some(wake) = &self.wake {
             // Full: a wake-up is pending already.
