@@ -1156,19 +1156,45 @@ pub fn claim_reads<S: Store>(mut store: S) {
     let mut tx = ok(store.begin());
     assert_eq!(ok(tx.get_run("run_r0")).map(|r| r.attempt_number), Some(2), "committed");
 
-    // Releasing a slot answers with the subqueue's next entry; no slot, no answer.
+    // Releasing a slot answers with the subqueue's head when it is a resume entry (run_r2's
+    // is: an even score); no slot, no answer.
     ok(tx.dequeue_entries(&["run_r1"]));
     assert!(ok(tx.acquire(&holder("run_r1", ENV, "q", ""))));
     assert_eq!(ok(tx.env_running(ENV)), 1);
     let (freed, head) = ok(tx.release_and_peek("run_r1", ENV, "q", ""));
     assert!(freed);
-    assert_eq!(head.map(|e| e.run_id), Some("run_r2".to_string()));
+    assert_eq!(head.map(|e| (e.run_id, e.resume)), Some(("run_r2".to_string(), true)));
     assert_eq!(ok(tx.env_running(ENV)), 0, "the count follows the release");
-    assert_eq!(ok(tx.release_and_peek("run_r1", ENV, "q", "")), (false, None));
+    let (_, head) = ok(tx.release_and_peek("run_r1", ENV, "q", ""));
+    assert!(head.is_none(), "no slot, no answer");
+    assert_eq!(ok(tx.env_running(ENV)), 0, "a second release counts nothing");
     assert!(ok(tx.acquire(&holder("run_r2", ENV, "q", ""))));
     assert_eq!(ok(tx.env_running(ENV)), 1, "and the acquire");
     assert!(ok(tx.release("run_r2")));
     assert_eq!(ok(tx.env_running(ENV)), 0);
+    // A resume entry this transaction queues where there was none is reported.
+    ok(tx.enqueue(&ReadyEntry { resume: true, ..entry("run_r5", ENV, "q2", "", 1) }));
+    assert!(ok(tx.acquire(&holder("run_r4", ENV, "q2", ""))));
+    let (freed, head) = ok(tx.release_and_peek("run_r4", ENV, "q2", ""));
+    assert!(freed);
+    assert_eq!(head.map(|e| (e.run_id, e.resume)), Some(("run_r5".to_string(), true)));
+    // Fresh work at the head may go unreported (the store need not look), and the slot is
+    // given back by commit whether or not the store held the release back.
+    ok(tx.enqueue(&entry("run_r8", ENV, "other", "", 7)));
+    assert!(ok(tx.acquire(&holder("run_r6", ENV, "other", ""))));
+    let (freed, head) = ok(tx.release_and_peek("run_r6", ENV, "other", ""));
+    assert!(freed);
+    assert!(head.is_none_or(|e| e.run_id == "run_r8"), "fresh work, or nothing");
+    ok(tx.commit());
+    let mut tx = ok(store.begin());
+    assert_eq!(ok(tx.env_running(ENV)), 0);
+    assert_eq!(ok(tx.get_holder("run_r6")), None);
+    let other = ok(tx.get_subqueue(ENV, "other", "")).expect("run_r8 is queued there");
+    assert_eq!((other.ready_count, other.running), (1, 0));
+    // And a resume entry committed earlier is reported by a later transaction.
+    assert!(ok(tx.acquire(&holder("run_r7", ENV, "q2", ""))));
+    let (_, head) = ok(tx.release_and_peek("run_r7", ENV, "q2", ""));
+    assert_eq!(head.map(|e| e.run_id), Some("run_r5".to_string()));
     ok(tx.commit());
 }
 

@@ -309,8 +309,12 @@ pub trait Tx {
     /// Frees a run's slot and decrements the counts. Returns false when it held none.
     fn release(&mut self, run_id: &str) -> StorageResult<bool>;
     /// [`Tx::release`], and when a slot was freed, the first ready entry of the subqueue
-    /// `(env_id, queue, concurrency_key)` (the run's own): what a completion does next. A
-    /// backend may do both in one statement.
+    /// `(env_id, queue, concurrency_key)` (the run's own) if it is a resume entry
+    /// ([`ReadyEntry::resume`]): what a completion does next. A backend may do both in one
+    /// statement. It may also answer `(true, None)` without looking (and hold the release
+    /// back, to send with others) when it knows that no resume entry is queued in that
+    /// subqueue; `true` then means only that the run may have held a slot. The default
+    /// answers exactly: `(false, None)` without a slot, else the head, whatever it is.
     fn release_and_peek(
         &mut self,
         run_id: &str,

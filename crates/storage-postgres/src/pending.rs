@@ -3,11 +3,12 @@
 //! The engine writes a snapshot, the run row and its lease timer at every transition, and a
 //! batch of commands makes hundreds of transitions: one statement each is most of what the
 //! database does per run. [`Pending`] keeps the writes nobody reads back at once — snapshot
-//! inserts, updates of runs without an idempotency key, timer changes and outputs — and
-//! [`crate::tx::PostgresTx`] sends each table's share as one statement (`unnest` of arrays)
-//! before anything reads that table, before a savepoint and at commit. Within a table the
-//! held writes touch distinct rows (a later write of the same row replaces the earlier one),
-//! so their order does not matter; across tables nothing the engine does depends on it.
+//! inserts, updates of runs without an idempotency key, timer changes, outputs and slots
+//! given back — and [`crate::tx::PostgresTx`] sends each table's share as one statement
+//! (`unnest` of arrays) before anything reads that table, before a savepoint and at commit
+//! (slots given back: before anything reads or takes slots). Within a table the held writes
+//! touch distinct rows (a later write of the same row replaces the earlier one), so their
+//! order does not matter; across tables nothing the engine does depends on it.
 
 use std::collections::HashMap;
 
@@ -42,6 +43,8 @@ pub(crate) struct Pending {
     runs: HashMap<String, RunRow>,
     timers: HashMap<String, Option<Timer>>,
     outputs: HashMap<String, Packet>,
+    /// Runs whose slots are given back.
+    releases: Vec<String>,
 }
 
 impl Pending {
@@ -71,6 +74,11 @@ impl Pending {
 
     pub fn output(&mut self, run_id: &str, output: &Packet) {
         self.outputs.insert(run_id.to_string(), output.clone());
+    }
+
+    /// A run's slot given back (nobody needs to know at once whether it held one).
+    pub fn release(&mut self, run_id: &str) {
+        self.releases.push(run_id.to_string());
     }
 
     /// The output held for a run, if one is.
@@ -182,6 +190,27 @@ impl Pending {
             });
         }
         flushes
+    }
+
+    /// One statement for every slot given back: the holders go, and each environment's and
+    /// subqueue's count drops by its share (the environment rows first, the order in which
+    /// the limit checks lock them).
+    pub fn take_releases(&mut self) -> Option<Flush> {
+        if self.releases.is_empty() {
+            return None;
+        }
+        Some(Flush {
+            sql: "WITH h AS (DELETE FROM holders WHERE run_id = ANY($1) RETURNING env_id, queue, ck),
+                       c AS (SELECT env_id, queue, ck, count(*)::integer AS n FROM h GROUP BY env_id, queue, ck),
+                       e AS (UPDATE env_running r SET running = greatest(r.running - x.n, 0)
+                             FROM (SELECT env_id, sum(n)::integer AS n FROM c GROUP BY env_id) x
+                             WHERE r.env_id = x.env_id RETURNING 1)
+                  UPDATE subqueues q SET running = greatest(q.running - c.n, 0) FROM c
+                  WHERE q.env_id = c.env_id AND q.queue = c.queue AND q.ck = c.ck
+                    AND (SELECT count(*) FROM e) >= 0",
+            params: vec![Box::new(std::mem::take(&mut self.releases))],
+            must_change: None,
+        })
     }
 
     pub fn take_outputs(&mut self) -> Option<Flush> {

@@ -22,6 +22,7 @@ use crate::tx::PostgresTx;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_registry_generation.sql")),
+    (3, include_str!("../migrations/0003_ready_resume.sql")),
 ];
 
 /// PostgreSQL's `synchronous_commit` for the store's sessions.

@@ -20,7 +20,7 @@
 //! takes slots in one statement each; registry rows are kept across transactions while the
 //! schema's registry generation stands still.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::de::DeserializeOwned;
 use tokio_postgres::types::ToSql;
@@ -61,6 +61,9 @@ pub struct PostgresTx<'s> {
     env_counts: HashMap<String, u32>,
     /// Writes held back, sent as one statement per table (see [`Pending`]).
     pending: Pending,
+    /// The subqueues with a resume entry queued, read once per transaction when a slot is
+    /// given back, and kept current by this transaction's own enqueues.
+    resumes: Option<HashSet<(String, String, String)>>,
     /// Runs inserted by this transaction: their first enqueue cannot find an entry to
     /// replace, so it need not wait for its answer.
     inserted: std::collections::HashSet<String>,
@@ -87,6 +90,7 @@ impl<'s> PostgresTx<'s> {
             batches: HashMap::new(),
             env_counts: HashMap::new(),
             pending: Pending::default(),
+            resumes: None,
             inserted: std::collections::HashSet::new(),
             notify,
             open: true,
@@ -101,6 +105,7 @@ impl<'s> PostgresTx<'s> {
         self.batches.clear();
         self.env_counts.clear();
         self.pending.clear();
+        self.resumes = None;
         self.inserted.clear();
     }
 
@@ -130,8 +135,29 @@ impl<'s> PostgresTx<'s> {
         self.send(flushes)
     }
 
+    /// Sends the held releases (before anything reads or takes slots).
+    fn flush_releases(&mut self) -> StorageResult<()> {
+        let flush = self.pending.take_releases();
+        self.send(flush)
+    }
+
+    /// Whether a resume entry may be queued in the subqueue.
+    fn may_have_resume(&mut self, env_id: &str, queue: &str, ck: &str) -> StorageResult<bool> {
+        if self.resumes.is_none() {
+            let rows = self.query("SELECT DISTINCT env_id, queue, ck FROM ready WHERE resume", &[])?;
+            let mut found = HashSet::new();
+            for row in &rows {
+                found.insert((get(row, 0)?, get(row, 1)?, get(row, 2)?));
+            }
+            self.resumes = Some(found);
+        }
+        let key = (env_id.to_string(), queue.to_string(), ck.to_string());
+        Ok(self.resumes.as_ref().is_some_and(|found| found.contains(&key)))
+    }
+
     /// Sends everything held (before a savepoint, and at commit).
     fn flush_all(&mut self) -> StorageResult<()> {
+        self.flush_releases()?;
         self.flush_runs()?;
         self.flush_snapshots()?;
         self.flush_timers()?;
@@ -301,6 +327,7 @@ impl<'s> PostgresTx<'s> {
     }
 
     fn subqueues(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StorageResult<Vec<Subqueue>> {
+        self.flush_releases()?;
         self.query(sql, params)?.iter().map(subqueue_row).collect()
     }
 }
@@ -610,6 +637,7 @@ impl Tx for PostgresTx<'_> {
         if let Some(n) = self.env_counts.get(env_id) {
             return Ok(*n);
         }
+        self.flush_releases()?;
         let rows = self.query("SELECT running FROM env_running WHERE env_id = $1 FOR UPDATE", &[&env_id])?;
         let n = rows.first().map_or(Ok(0), |r| get_u32(r, 0))?;
         self.env_counts.insert(env_id.to_string(), n);
@@ -987,9 +1015,15 @@ impl Tx for PostgresTx<'_> {
 
     fn enqueue(&mut self, e: &ReadyEntry) -> StorageResult<()> {
         let body = encode(e)?;
+        if e.resume {
+            if let Some(found) = &mut self.resumes {
+                found.insert((e.env_id.clone(), e.queue.clone(), e.concurrency_key.clone()));
+            }
+        }
         // The common case in one statement: a new entry, counted in its subqueue.
         const SQL: &str = "WITH ins AS (
-                 INSERT INTO ready (run_id, env_id, queue, ck, score, body) VALUES ($1, $2, $3, $4, $5, $6)
+                 INSERT INTO ready (run_id, env_id, queue, ck, score, body, resume)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT (run_id) DO NOTHING RETURNING run_id)
              INSERT INTO subqueues (env_id, queue, ck, ready_count, running, lim, paused)
              SELECT $2, $3, $4, 1, 0,
@@ -1006,11 +1040,12 @@ impl Tx for PostgresTx<'_> {
                 Box::new(e.concurrency_key.clone()),
                 Box::new(e.score),
                 Box::new(body),
+                Box::new(e.resume),
             ];
             return self.defer(SQL, params, Some((1, format!("run {} was queued twice", e.run_id))));
         }
         let inserted =
-            self.exec(SQL, &[&e.run_id, &e.env_id, &e.queue, &e.concurrency_key, &e.score, &body])?;
+            self.exec(SQL, &[&e.run_id, &e.env_id, &e.queue, &e.concurrency_key, &e.score, &body, &e.resume])?;
         if inserted == 1 {
             return Ok(());
         }
@@ -1023,8 +1058,9 @@ impl Tx for PostgresTx<'_> {
         };
         let (env_id, queue, ck): (String, String, String) = (get(old, 0)?, get(old, 1)?, get(old, 2)?);
         self.exec(
-            "UPDATE ready SET env_id = $2, queue = $3, ck = $4, score = $5, body = $6 WHERE run_id = $1",
-            &[&e.run_id, &e.env_id, &e.queue, &e.concurrency_key, &e.score, &body],
+            "UPDATE ready SET env_id = $2, queue = $3, ck = $4, score = $5, body = $6, resume = $7
+             WHERE run_id = $1",
+            &[&e.run_id, &e.env_id, &e.queue, &e.concurrency_key, &e.score, &body, &e.resume],
         )?;
         if (env_id.as_str(), queue.as_str(), ck.as_str()) != (&e.env_id, &e.queue, &e.concurrency_key) {
             self.exec(
@@ -1141,6 +1177,8 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn acquire(&mut self, h: &Holder) -> StorageResult<bool> {
+        // A release held for this run must not come after its new holder.
+        self.flush_releases()?;
         // The one-time filter on `e` makes the environment row change before the subqueue
         // row, the order in which the limit checks lock them.
         let n = self.exec(
@@ -1167,6 +1205,7 @@ impl Tx for PostgresTx<'_> {
         if holders.len() < 2 {
             return holders.iter().try_fold(0, |n, h| Ok(n + u32::from(self.acquire(h)?)));
         }
+        self.flush_releases()?;
         let column =
             |f: fn(&Holder) -> &String| holders.iter().map(|h| f(h).clone()).collect::<Vec<String>>();
         let (runs, envs, queues, keys) = (
@@ -1213,6 +1252,14 @@ impl Tx for PostgresTx<'_> {
         queue: &str,
         ck: &str,
     ) -> StorageResult<(bool, Option<ReadyEntry>)> {
+        if !self.may_have_resume(env_id, queue, ck)? {
+            // Only a resume entry at the head needs the caller: the release waits to be
+            // sent with the others. Whether the run held a slot is not known yet.
+            self.pending.release(run_id);
+            self.env_counts.remove(env_id);
+            return Ok((true, None));
+        }
+        self.flush_releases()?;
         let rows = self.query(
             &format!(
                 "{RELEASE}
@@ -1236,6 +1283,7 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn release(&mut self, run_id: &str) -> StorageResult<bool> {
+        self.flush_releases()?;
         let rows = self.query(&format!("{RELEASE} SELECT env_id FROM h"), &[&run_id])?;
         match rows.first() {
             Some(row) => {
@@ -1248,6 +1296,7 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn get_holder(&mut self, run_id: &str) -> StorageResult<Option<Holder>> {
+        self.flush_releases()?;
         let rows =
             self.query("SELECT run_id, env_id, queue, ck FROM holders WHERE run_id = $1", &[&run_id])?;
         rows.first()
