@@ -1156,6 +1156,16 @@ pub fn claim_reads<S: Store>(mut store: S) {
     let mut tx = ok(store.begin());
     assert_eq!(ok(tx.get_run("run_r0")).map(|r| r.attempt_number), Some(2), "committed");
 
+    // A run's first entry reads like any other, and a second first entry fails.
+    ok(tx.enqueue_first(&entry("run_r9", ENV, "q3", "", 9)));
+    assert_eq!(counts(tx.as_mut(), ENV, "q3", ""), (1, 0));
+    assert_eq!(ids(&ok(tx.peek_subqueue(ENV, "q3", "", 5)), |e| &e.run_id), strings(&["run_r9"]));
+    expect_unique(tx.as_mut(), |tx| {
+        tx.enqueue_first(&entry("run_r9", ENV, "q3", "", 9))?;
+        tx.peek_subqueue(ENV, "q3", "", 5)
+    });
+    assert_eq!(counts(tx.as_mut(), ENV, "q3", ""), (1, 0), "the failed one counted nothing");
+    ok(tx.dequeue_entries(&["run_r9"]));
     // Releasing a slot answers with the subqueue's head when it is a resume entry (run_r2's
     // is: an even score); no slot, no answer.
     ok(tx.dequeue_entries(&["run_r1"]));

@@ -243,6 +243,12 @@ pub trait Tx {
     /// and keeps the subqueue's `ready_count` and `head_score` current. Replaces an existing
     /// entry of the same run.
     fn enqueue(&mut self, entry: &ReadyEntry) -> StorageResult<()>;
+    /// [`Tx::enqueue`] for a run that was never queued, so that it has no entry to replace:
+    /// a backend may hold the insert back and send it with others. Queuing a run twice
+    /// this way is an error, reported by this call or at the latest by the commit.
+    fn enqueue_first(&mut self, entry: &ReadyEntry) -> StorageResult<()> {
+        self.enqueue(entry)
+    }
     /// Takes a run out of its subqueue; `None` when it was not queued.
     fn dequeue_entry(&mut self, run_id: &str) -> StorageResult<Option<ReadyEntry>>;
     /// Takes several runs out of their subqueues (a claim), ignoring those not queued. A

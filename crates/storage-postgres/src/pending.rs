@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use trigger_engine::model::{Packet, Run, Timer};
+use trigger_engine::model::{Batch, Packet, ReadyEntry, Run, Timer};
 
 use crate::store::Param;
 
@@ -45,6 +45,14 @@ pub(crate) struct Pending {
     outputs: HashMap<String, Packet>,
     /// Runs whose slots are given back.
     releases: Vec<String>,
+    /// New runs without an idempotency key, with their payloads.
+    inserts: Vec<(Run, Packet, String)>,
+    /// Ready entries of runs never queued before ([`trigger_engine::storage::Tx::enqueue_first`]).
+    entries: Vec<(ReadyEntry, String)>,
+    /// Updates of batches without an idempotency key: the latest body of each.
+    batches: HashMap<String, (String, String)>,
+    /// Batch items recorded: `(batch, index, run)`.
+    batch_items: Vec<(String, i32, String)>,
 }
 
 impl Pending {
@@ -76,6 +84,26 @@ impl Pending {
         self.outputs.insert(run_id.to_string(), output.clone());
     }
 
+    /// A new run without an idempotency key (nothing can collide with it); `body` is its
+    /// encoding.
+    pub fn insert_run(&mut self, run: &Run, payload: &Packet, body: String) {
+        self.inserts.push((run.clone(), payload.clone(), body));
+    }
+
+    /// The ready entry of a run never queued before.
+    pub fn entry(&mut self, entry: &ReadyEntry, body: String) {
+        self.entries.push((entry.clone(), body));
+    }
+
+    /// A batch's new state (one without an idempotency key); `body` is its encoding.
+    pub fn batch(&mut self, batch: &Batch, body: String) {
+        self.batches.insert(batch.id.clone(), (batch.env_id.clone(), body));
+    }
+
+    pub fn batch_item(&mut self, batch_id: &str, index: i32, run_id: &str) {
+        self.batch_items.push((batch_id.to_string(), index, run_id.to_string()));
+    }
+
     /// A run's slot given back (nobody needs to know at once whether it held one).
     pub fn release(&mut self, run_id: &str) {
         self.releases.push(run_id.to_string());
@@ -105,6 +133,154 @@ impl Pending {
             sql: "INSERT INTO snapshots (id, run_id, body)
                   SELECT * FROM unnest($1::text[], $2::text[], $3::text[])",
             params: vec![Box::new(ids), Box::new(runs), Box::new(bodies)],
+            must_change: None,
+        })
+    }
+
+    /// The new runs and their payloads, in one statement.
+    pub fn take_inserts(&mut self) -> Option<Flush> {
+        if self.inserts.is_empty() {
+            return None;
+        }
+        let rows = std::mem::take(&mut self.inserts);
+        let n = rows.len() as u64;
+        // Text columns in the order of the statement's `unnest`, then the two others.
+        let mut text: [Vec<Option<String>>; 14] = Default::default();
+        let (mut is_test, mut created_at) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
+        for (run, payload, body) in rows {
+            let tags = serde_json::to_string(&run.tags).unwrap_or_else(|_| "[]".into());
+            is_test.push(run.is_test);
+            created_at.push(run.created_at);
+            let values = [
+                Some(run.id),
+                Some(run.env_id),
+                Some(run.task),
+                Some(run.status.as_str().to_string()),
+                Some(run.queue),
+                run.batch_id,
+                run.parent_run_id,
+                run.worker_id,
+                run.lock_to_version,
+                run.machine.map(|m| m.name().to_string()),
+                Some(tags),
+                Some(body),
+                payload.data,
+                Some(payload.data_type),
+            ];
+            for (column, value) in text.iter_mut().zip(values) {
+                column.push(value);
+            }
+        }
+        let mut params: Vec<Param> = text.into_iter().map(|c| Box::new(c) as Param).collect();
+        params.push(Box::new(is_test));
+        params.push(Box::new(created_at));
+        Some(Flush {
+            sql: "WITH u AS (
+                      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                           $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                                           $11::text[], $12::text[], $13::text[], $14::text[],
+                                           $15::boolean[], $16::bigint[])
+                          AS u(id, env_id, task, status, queue, batch_id, parent_run_id, worker_id,
+                               lock_version, machine, tags, body, payload, payload_type, is_test,
+                               created_at)),
+                  d AS (INSERT INTO run_data (run_id, payload, payload_type)
+                        SELECT id, payload, payload_type FROM u
+                        ON CONFLICT (run_id) DO UPDATE SET
+                            payload = excluded.payload, payload_type = excluded.payload_type)
+                  INSERT INTO runs (id, env_id, task, status, queue, batch_id, parent_run_id, version,
+                                    is_test, machine, created_at, idempotency_key, tags, body)
+                  SELECT u.id, u.env_id, u.task, u.status, u.queue, u.batch_id, u.parent_run_id,
+                         coalesce((SELECT w.version FROM workers w WHERE w.id = u.worker_id), u.lock_version),
+                         u.is_test, u.machine, u.created_at, NULL,
+                         ARRAY(SELECT json_array_elements_text(u.tags::json)), u.body
+                  FROM u",
+            params,
+            must_change: Some((n, format!("{n} runs were inserted but not all of them were written"))),
+        })
+    }
+
+    /// The ready entries of runs never queued before, counted in their subqueues, in one
+    /// statement. A run queued twice fails it (the entry's key is unique).
+    pub fn take_entries(&mut self) -> Option<Flush> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let rows = std::mem::take(&mut self.entries);
+        let n = rows.len() as u64;
+        let (mut ids, mut envs, mut queues, mut keys, mut scores, mut bodies, mut resumes) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (e, body) in rows {
+            ids.push(e.run_id);
+            envs.push(e.env_id);
+            queues.push(e.queue);
+            keys.push(e.concurrency_key);
+            scores.push(e.score);
+            bodies.push(body);
+            resumes.push(e.resume);
+        }
+        Some(Flush {
+            sql: "WITH u AS (
+                      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],
+                                           $6::text[], $7::boolean[])
+                          AS u(run_id, env_id, queue, ck, score, body, resume)),
+                  s AS (INSERT INTO subqueues (env_id, queue, ck, ready_count, running, lim, paused)
+                        SELECT u.env_id, u.queue, u.ck, count(*)::integer, 0,
+                               (SELECT lim FROM queues WHERE env_id = u.env_id AND name = u.queue),
+                               coalesce((SELECT paused FROM queues WHERE env_id = u.env_id AND name = u.queue),
+                                        false)
+                        FROM u GROUP BY u.env_id, u.queue, u.ck
+                        ON CONFLICT (env_id, queue, ck) DO UPDATE
+                            SET ready_count = subqueues.ready_count + excluded.ready_count)
+                  INSERT INTO ready (run_id, env_id, queue, ck, score, body, resume)
+                  SELECT run_id, env_id, queue, ck, score, body, resume FROM u",
+            params: vec![
+                Box::new(ids),
+                Box::new(envs),
+                Box::new(queues),
+                Box::new(keys),
+                Box::new(scores),
+                Box::new(bodies),
+                Box::new(resumes),
+            ],
+            must_change: Some((n, format!("{n} runs were queued but not all of them were written"))),
+        })
+    }
+
+    pub fn take_batches(&mut self) -> Option<Flush> {
+        if self.batches.is_empty() {
+            return None;
+        }
+        let rows = std::mem::take(&mut self.batches);
+        let n = rows.len() as u64;
+        let (mut ids, mut envs, mut bodies) = (Vec::new(), Vec::new(), Vec::new());
+        for (id, (env_id, body)) in rows {
+            ids.push(id);
+            envs.push(env_id);
+            bodies.push(body);
+        }
+        Some(Flush {
+            sql: "UPDATE batches b SET env_id = u.env_id, idempotency_key = NULL, body = u.body
+                  FROM unnest($1::text[], $2::text[], $3::text[]) AS u(id, env_id, body)
+                  WHERE b.id = u.id",
+            params: vec![Box::new(ids), Box::new(envs), Box::new(bodies)],
+            must_change: Some((n, format!("{n} batches were updated but not all of them exist"))),
+        })
+    }
+
+    pub fn take_batch_items(&mut self) -> Option<Flush> {
+        if self.batch_items.is_empty() {
+            return None;
+        }
+        let (mut batches, mut indexes, mut runs) = (Vec::new(), Vec::new(), Vec::new());
+        for (batch, index, run) in std::mem::take(&mut self.batch_items) {
+            batches.push(batch);
+            indexes.push(index);
+            runs.push(run);
+        }
+        Some(Flush {
+            sql: "INSERT INTO batch_items (batch_id, idx, run_id)
+                  SELECT * FROM unnest($1::text[], $2::integer[], $3::text[]) ON CONFLICT DO NOTHING",
+            params: vec![Box::new(batches), Box::new(indexes), Box::new(runs)],
             must_change: None,
         })
     }

@@ -64,9 +64,6 @@ pub struct PostgresTx<'s> {
     /// The subqueues with a resume entry queued, read once per transaction when a slot is
     /// given back, and kept current by this transaction's own enqueues.
     resumes: Option<HashSet<(String, String, String)>>,
-    /// Runs inserted by this transaction: their first enqueue cannot find an entry to
-    /// replace, so it need not wait for its answer.
-    inserted: std::collections::HashSet<String>,
     /// `(channel, origin)` when effects are announced with `NOTIFY`.
     notify: Option<(&'s str, &'s str)>,
     /// Still needs a `COMMIT` or `ROLLBACK`.
@@ -91,7 +88,6 @@ impl<'s> PostgresTx<'s> {
             env_counts: HashMap::new(),
             pending: Pending::default(),
             resumes: None,
-            inserted: std::collections::HashSet::new(),
             notify,
             open: true,
             failed: None,
@@ -106,7 +102,6 @@ impl<'s> PostgresTx<'s> {
         self.env_counts.clear();
         self.pending.clear();
         self.resumes = None;
-        self.inserted.clear();
     }
 
     /// Sends held-back writes without waiting for their answers.
@@ -121,7 +116,25 @@ impl<'s> PostgresTx<'s> {
     /// Sends the held run updates (before a statement that reads or writes runs by other
     /// than their id).
     fn flush_runs(&mut self) -> StorageResult<()> {
-        let flush = self.pending.take_runs();
+        let inserts = self.pending.take_inserts();
+        let updates = self.pending.take_runs();
+        self.send(inserts.into_iter().chain(updates))
+    }
+
+    /// Sends the held ready entries of runs never queued before (before anything reads
+    /// ready entries or subqueues).
+    fn flush_entries(&mut self) -> StorageResult<()> {
+        let flush = self.pending.take_entries();
+        self.send(flush)
+    }
+
+    fn flush_batches(&mut self) -> StorageResult<()> {
+        let flush = self.pending.take_batches();
+        self.send(flush)
+    }
+
+    fn flush_batch_items(&mut self) -> StorageResult<()> {
+        let flush = self.pending.take_batch_items();
         self.send(flush)
     }
 
@@ -144,6 +157,7 @@ impl<'s> PostgresTx<'s> {
     /// Whether a resume entry may be queued in the subqueue.
     fn may_have_resume(&mut self, env_id: &str, queue: &str, ck: &str) -> StorageResult<bool> {
         if self.resumes.is_none() {
+            self.flush_entries()?;
             let rows = self.query("SELECT DISTINCT env_id, queue, ck FROM ready WHERE resume", &[])?;
             let mut found = HashSet::new();
             for row in &rows {
@@ -159,6 +173,9 @@ impl<'s> PostgresTx<'s> {
     fn flush_all(&mut self) -> StorageResult<()> {
         self.flush_releases()?;
         self.flush_runs()?;
+        self.flush_entries()?;
+        self.flush_batches()?;
+        self.flush_batch_items()?;
         self.flush_snapshots()?;
         self.flush_timers()?;
         let flush = self.pending.take_outputs();
@@ -175,6 +192,7 @@ impl<'s> PostgresTx<'s> {
     /// Locks and reads runs (and the payloads of `with_payload`) in one statement, keeping
     /// them.
     fn read_runs(&mut self, ids: &[&str], with_payload: &[&str]) -> StorageResult<()> {
+        self.flush_runs()?;
         let rows = self.query(
             "SELECT r.body, d.payload, d.payload_type FROM runs r
              LEFT JOIN run_data d ON d.run_id = r.id AND r.id = ANY($2)
@@ -328,6 +346,7 @@ impl<'s> PostgresTx<'s> {
 
     fn subqueues(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StorageResult<Vec<Subqueue>> {
         self.flush_releases()?;
+        self.flush_entries()?;
         self.query(sql, params)?.iter().map(subqueue_row).collect()
     }
 }
@@ -779,19 +798,21 @@ impl Tx for PostgresTx<'_> {
              INSERT INTO run_data (run_id, payload, payload_type) SELECT id, $16, $17 FROM r
              ON CONFLICT (run_id) DO UPDATE SET
                  payload = excluded.payload, payload_type = excluded.payload_type";
+        if run.idempotency_key.is_none() {
+            // Run ids are fresh and only keys can collide: held, and sent with the others.
+            // Reads of the run by id are answered from `runs` meanwhile.
+            self.runs.insert(run.id.clone(), (run.clone(), Some(Some(payload.clone()))));
+            self.pending.insert_run(run, payload, encode(run)?);
+            return Ok(());
+        }
         self.runs.remove(&run.id);
-        self.inserted.insert(run.id.clone());
-        if run.idempotency_key.is_some() {
+        {
             // A held update may free this key (an expired one cleared from an older run).
             self.flush_runs()?;
         }
         let mut params = Self::run_params(run)?;
         params.push(Box::new(payload.data.clone()));
         params.push(Box::new(payload.data_type.clone()));
-        if run.idempotency_key.is_none() {
-            // Run ids are fresh and only keys can collide: nothing to wait for.
-            return self.defer(SQL, params, None);
-        }
         let refs: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
         self.exec(SQL, &refs)?;
@@ -846,6 +867,7 @@ impl Tx for PostgresTx<'_> {
         if payloads.is_empty() {
             return Ok(());
         }
+        self.flush_runs()?;
         let rows = self.query(
             "SELECT run_id, payload, payload_type FROM run_data WHERE run_id = ANY($1)",
             &[&payloads],
@@ -866,6 +888,7 @@ impl Tx for PostgresTx<'_> {
         if let Some((run, _)) = self.runs.get(id) {
             return Ok(Some(run.clone()));
         }
+        self.flush_runs()?;
         self.body("SELECT body FROM runs WHERE id = $1", &[&id])
     }
 
@@ -899,6 +922,7 @@ impl Tx for PostgresTx<'_> {
         if let Some((_, Some(payload))) = self.runs.get(run_id) {
             return Ok(payload.clone());
         }
+        self.flush_runs()?;
         let rows = self.query("SELECT payload, payload_type FROM run_data WHERE run_id = $1", &[&run_id])?;
         match rows.first() {
             Some(r) => Ok(packet(get(r, 0)?, get(r, 1)?)),
@@ -915,6 +939,7 @@ impl Tx for PostgresTx<'_> {
         if let Some(output) = self.pending.output_of(run_id) {
             return Ok(Some(output.clone()));
         }
+        self.flush_runs()?;
         let rows = self.query("SELECT output, output_type FROM run_data WHERE run_id = $1", &[&run_id])?;
         match rows.first() {
             Some(r) => Ok(packet(get(r, 0)?, get(r, 1)?)),
@@ -1031,19 +1056,8 @@ impl Tx for PostgresTx<'_> {
                     coalesce((SELECT paused FROM queues WHERE env_id = $2 AND name = $3), false)
              FROM ins
              ON CONFLICT (env_id, queue, ck) DO UPDATE SET ready_count = subqueues.ready_count + 1";
-        if self.inserted.remove(&e.run_id) {
-            // A run inserted by this transaction has no entry yet: nothing to wait for.
-            let params: Vec<Param> = vec![
-                Box::new(e.run_id.clone()),
-                Box::new(e.env_id.clone()),
-                Box::new(e.queue.clone()),
-                Box::new(e.concurrency_key.clone()),
-                Box::new(e.score),
-                Box::new(body),
-                Box::new(e.resume),
-            ];
-            return self.defer(SQL, params, Some((1, format!("run {} was queued twice", e.run_id))));
-        }
+        // Held entries first: this run's own may be among them (queued twice).
+        self.flush_entries()?;
         let inserted =
             self.exec(SQL, &[&e.run_id, &e.env_id, &e.queue, &e.concurrency_key, &e.score, &body, &e.resume])?;
         if inserted == 1 {
@@ -1073,7 +1087,19 @@ impl Tx for PostgresTx<'_> {
         Ok(())
     }
 
+    fn enqueue_first(&mut self, e: &ReadyEntry) -> StorageResult<()> {
+        // No entry to replace: held, and sent with the others.
+        if e.resume {
+            if let Some(found) = &mut self.resumes {
+                found.insert((e.env_id.clone(), e.queue.clone(), e.concurrency_key.clone()));
+            }
+        }
+        self.pending.entry(e, encode(e)?);
+        Ok(())
+    }
+
     fn dequeue_entry(&mut self, run_id: &str) -> StorageResult<Option<ReadyEntry>> {
+        self.flush_entries()?;
         self.body(
             "WITH d AS (DELETE FROM ready WHERE run_id = $1 RETURNING env_id, queue, ck, body),
                   u AS (UPDATE subqueues s SET ready_count = greatest(s.ready_count - 1, 0) FROM d
@@ -1087,6 +1113,7 @@ impl Tx for PostgresTx<'_> {
         if run_ids.len() < 2 {
             return run_ids.iter().try_for_each(|id| self.dequeue_entry(id).map(drop));
         }
+        self.flush_entries()?;
         let ids: Vec<String> = run_ids.iter().map(|id| id.to_string()).collect();
         // Nobody reads the answer: sent with the claim's next statement.
         self.defer(
@@ -1124,6 +1151,7 @@ impl Tx for PostgresTx<'_> {
         ck: &str,
         max: u32,
     ) -> StorageResult<Vec<ReadyEntry>> {
+        self.flush_entries()?;
         self.bodies(
             "SELECT body FROM ready WHERE env_id = $1 AND queue = $2 AND ck = $3
              ORDER BY score, run_id LIMIT $4",
@@ -1139,6 +1167,8 @@ impl Tx for PostgresTx<'_> {
         max: u32,
         with_payloads: bool,
     ) -> StorageResult<(Vec<ReadyEntry>, Vec<Run>)> {
+        self.flush_runs()?;
+        self.flush_entries()?;
         let rows = self.query(
             "SELECT e.body, r.body, d.payload, d.payload_type FROM ready e JOIN runs r ON r.id = e.run_id
              LEFT JOIN run_data d ON $5 AND d.run_id = r.id
@@ -1260,6 +1290,7 @@ impl Tx for PostgresTx<'_> {
             return Ok((true, None));
         }
         self.flush_releases()?;
+        self.flush_entries()?;
         let rows = self.query(
             &format!(
                 "{RELEASE}
@@ -1467,6 +1498,7 @@ impl Tx for PostgresTx<'_> {
         if let Some(batch) = self.batches.get(id) {
             return Ok(Some(batch.clone()));
         }
+        self.flush_batches()?;
         let found: Option<Batch> = self.body("SELECT body FROM batches WHERE id = $1 FOR UPDATE", &[&id])?;
         if let Some(batch) = &found {
             self.batches.insert(batch.id.clone(), batch.clone());
@@ -1476,34 +1508,28 @@ impl Tx for PostgresTx<'_> {
 
     fn update_batch(&mut self, b: &Batch) -> StorageResult<()> {
         self.batches.insert(b.id.clone(), b.clone());
-        let params: Vec<Param> = vec![
-            Box::new(b.id.clone()),
-            Box::new(b.env_id.clone()),
-            Box::new(b.idempotency_key.clone()),
-            Box::new(encode(b)?),
-        ];
-        if b.idempotency_key.is_some() {
-            // A key can collide with another batch's: wait for the answer.
-            let refs: Vec<&(dyn ToSql + Sync)> =
-                params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
-            let n = self.exec(
-                "UPDATE batches SET env_id = $2, idempotency_key = $3, body = $4 WHERE id = $1",
-                &refs,
-            )?;
-            return must_exist(n, "batch", &b.id);
+        let body = encode(b)?;
+        if b.idempotency_key.is_none() {
+            // Nothing can collide: held, the latest state of each batch sent with the others.
+            self.pending.batch(b, body);
+            return Ok(());
         }
-        self.defer(
+        // A key can collide with another batch's: wait for the answer.
+        self.flush_batches()?;
+        let n = self.exec(
             "UPDATE batches SET env_id = $2, idempotency_key = $3, body = $4 WHERE id = $1",
-            params,
-            Some((1, format!("batch {} does not exist", b.id))),
-        )
+            &[&b.id, &b.env_id, &b.idempotency_key, &body],
+        )?;
+        must_exist(n, "batch", &b.id)
     }
 
     fn find_batch_by_key(&mut self, env_id: &str, key: &str) -> StorageResult<Option<Batch>> {
+        self.flush_batches()?;
         self.body("SELECT body FROM batches WHERE env_id = $1 AND idempotency_key = $2", &[&env_id, &key])
     }
 
     fn insert_batch_item(&mut self, batch_id: &str, index: u32, run_id: &str) -> StorageResult<bool> {
+        self.flush_batch_items()?;
         let n = self.exec(
             "INSERT INTO batch_items (batch_id, idx, run_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
             &[&batch_id, &to_i32(index), &run_id],
@@ -1512,16 +1538,12 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn record_batch_item(&mut self, batch_id: &str, index: u32, run_id: &str) -> StorageResult<()> {
-        let params: Vec<Param> =
-            vec![Box::new(batch_id.to_string()), Box::new(to_i32(index)), Box::new(run_id.to_string())];
-        self.defer(
-            "INSERT INTO batch_items (batch_id, idx, run_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            params,
-            None,
-        )
+        self.pending.batch_item(batch_id, to_i32(index), run_id);
+        Ok(())
     }
 
     fn get_batch_item(&mut self, batch_id: &str, index: u32) -> StorageResult<Option<String>> {
+        self.flush_batch_items()?;
         let rows = self.query(
             "SELECT run_id FROM batch_items WHERE batch_id = $1 AND idx = $2",
             &[&batch_id, &to_i32(index)],
@@ -1530,12 +1552,14 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn list_batch_items(&mut self, batch_id: &str) -> StorageResult<Vec<(u32, String)>> {
+        self.flush_batch_items()?;
         let rows =
             self.query("SELECT idx, run_id FROM batch_items WHERE batch_id = $1 ORDER BY idx", &[&batch_id])?;
         rows.iter().map(|r| Ok((get_u32(r, 0)?, get(r, 1)?))).collect()
     }
 
     fn list_batches(&mut self, env_id: &str, page: &Page) -> StorageResult<Vec<Batch>> {
+        self.flush_batches()?;
         let mut q = Query::new("SELECT body FROM batches");
         q.and("env_id = ?", env_id.to_string());
         self.list(q.page(page))

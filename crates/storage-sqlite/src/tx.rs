@@ -851,6 +851,15 @@ impl Tx for SqliteTx<'_> {
         }
     }
 
+    fn enqueue_first(&mut self, e: &ReadyEntry) -> StorageResult<()> {
+        // No entry to replace: a second one for the run fails on the key.
+        self.exec(
+            "INSERT INTO ready (run_id, env_id, queue, ck, score, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![e.run_id, e.env_id, e.queue, e.concurrency_key, e.score, encode(e)?],
+        )?;
+        self.subqueue_gained_entry(e)
+    }
+
     fn dequeue_entry(&mut self, run_id: &str) -> StorageResult<Option<ReadyEntry>> {
         let entry: Option<ReadyEntry> =
             self.body("DELETE FROM ready WHERE run_id = ?1 RETURNING body", [run_id])?;

@@ -32,7 +32,8 @@ pub(crate) fn ready_entry(run: &Run, resume: bool) -> ReadyEntry {
 /// Puts a run in its queue, `QUEUED`. Arms its TTL the first time it is queued.
 pub(crate) fn enqueue(txn: &mut Txn<'_>, run: &mut Run, description: &str) -> Result<()> {
     run.status = RunStatus::Queued;
-    if run.queued_at.is_none() {
+    let first = run.queued_at.is_none();
+    if first {
         run.queued_at = Some(txn.now);
         if let Some(ttl) = run.ttl_ms.filter(|ttl| *ttl > 0) {
             let id = run.id.clone();
@@ -42,7 +43,12 @@ pub(crate) fn enqueue(txn: &mut Txn<'_>, run: &mut Run, description: &str) -> Re
     txn.snapshot(run, ExecutionStatus::Queued, description, Vec::new())?;
     // No lease to clear: a run comes here fresh, or after its lease timer fired (taken) or
     // was cleared by the transition that took it off its worker.
-    txn.tx.enqueue(&ready_entry(run, false))?;
+    if first {
+        // Never queued before: it has no entry to replace.
+        txn.tx.enqueue_first(&ready_entry(run, false))?;
+    } else {
+        txn.tx.enqueue(&ready_entry(run, false))?;
+    }
     txn.work_available(&run.env_id);
     Ok(())
 }
