@@ -970,7 +970,8 @@ impl Tx for PostgresTx<'_> {
         let statuses: Vec<&str> = f.statuses.iter().map(|s| s.as_str()).collect();
         q.and_any("status = ANY(?)", &statuses);
         q.and_any("task = ANY(?)", &f.tasks);
-        q.and_any("tags && ?", &f.tags);
+        // The tags index holds only runs with tags: the second condition lets it be used.
+        q.and_any("tags && ? AND tags <> '{}'", &f.tags);
         q.and_any("queue = ANY(?)", &f.queues);
         q.and_any("version = ANY(?)", &f.versions);
         let machines: Vec<&str> = f.machines.iter().map(|m| m.name()).collect();
