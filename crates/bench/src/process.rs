@@ -121,6 +121,7 @@ impl Server {
         }
         command
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--env-concurrency-limit", &crate::target::ENV_CONCURRENCY_LIMIT.to_string()])
             .env("RUST_LOG", "warn")
             .env_remove("TRIGGER_DATABASE_URL")
             .env_remove("TRIGGER_DATABASE_SCHEMA")

@@ -15,6 +15,10 @@ use crate::worker::process::RemoteWorker;
 use crate::worker::{Behavior, Observed, Worker};
 use crate::{Database, Error, Mode, Options};
 
+/// The environment's concurrency limit in both modes: high enough that the worker's
+/// capacity, not the limit, bounds what runs at once.
+pub const ENV_CONCURRENCY_LIMIT: u32 = 10_000;
+
 /// Where a workload's data lives.
 #[derive(Debug, Clone)]
 pub(crate) enum Store {
@@ -143,7 +147,7 @@ impl Target {
                     }
                 };
                 let env = engine
-                    .create_environment("proj_bench", EnvironmentType::Production, Some(10_000))
+                    .create_environment("proj_bench", EnvironmentType::Production, Some(ENV_CONCURRENCY_LIMIT))
                     .await?;
                 engine.register_worker(&env.id, manifest).await?;
                 let client: SharedBackend = Arc::new(Embedded::new(engine.clone(), env.id));

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use trigger_engine::{ApiKeyKind, Engine, EngineOptions, EnvironmentType, Tenancy};
+use trigger_engine::{ApiKeyKind, Config, Engine, EngineOptions, EnvironmentType, Tenancy};
 use trigger_storage_postgres::{PostgresOptions, PostgresStore};
 use trigger_storage_sqlite::SqliteStore;
 
@@ -40,6 +40,10 @@ pub struct ServeOptions {
     /// Where offloaded payloads and outputs go with PostgreSQL (beside the file with SQLite,
     /// in memory with `Memory`). Replicas must share it. Default `./trigger-packets`.
     pub packet_dir: Option<PathBuf>,
+    /// The concurrency limit of environments created from now on, the bootstrapped ones
+    /// included (Trigger.dev's `DEFAULT_ENV_EXECUTION_CONCURRENCY_LIMIT`, 100 by default).
+    /// An environment keeps the limit it was created with.
+    pub env_concurrency_limit: u32,
 }
 
 impl Default for ServeOptions {
@@ -51,6 +55,7 @@ impl Default for ServeOptions {
             public_url: None,
             drain_timeout: Duration::from_secs(10),
             packet_dir: None,
+            env_concurrency_limit: Config::default().default_env_concurrency_limit,
         }
     }
 }
@@ -103,16 +108,20 @@ fn packet_dir(db: &std::path::Path) -> PathBuf {
 
 /// Opens the database, starts the engine, bootstraps the default project, and listens.
 pub async fn serve(options: ServeOptions) -> Result<Server, ServeError> {
+    let engine_options = || EngineOptions {
+        config: Config { default_env_concurrency_limit: options.env_concurrency_limit, ..Config::default() },
+        ..EngineOptions::default()
+    };
     let engine = match &options.database {
-        Database::Sqlite(path) => Engine::start(SqliteStore::open(path)?, EngineOptions::default()),
-        Database::Memory => Engine::start(SqliteStore::memory()?, EngineOptions::default()),
+        Database::Sqlite(path) => Engine::start(SqliteStore::open(path)?, engine_options()),
+        Database::Memory => Engine::start(SqliteStore::memory()?, engine_options()),
         Database::Postgres { url, schema } => {
             let options = PostgresOptions { schema: schema.clone(), ..PostgresOptions::default() };
             let (url, store_options) = (url.clone(), options);
             let store = tokio::task::spawn_blocking(move || PostgresStore::connect(&url, store_options))
                 .await
                 .map_err(std::io::Error::other)??;
-            Engine::start(store, EngineOptions::default())
+            Engine::start(store, engine_options())
         }
     };
     let addr = format!("{}:{}", options.host, options.port);

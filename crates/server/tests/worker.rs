@@ -612,3 +612,30 @@ async fn next(
         }
     }
 }
+
+#[tokio::test]
+async fn the_environment_limit_setting_caps_what_a_dev_worker_may_run() {
+    let t = TestServer::start_with(trigger_server::ServeOptions {
+        env_concurrency_limit: 3,
+        ..trigger_server::ServeOptions::default()
+    })
+    .await;
+    let key = t.dev_key.clone();
+    let config = t.get("/engine/v1/dev/config", &key).await.expect(200);
+    assert_eq!(config["maxConcurrentRuns"], 3);
+    let worker = t.register_worker().await;
+    let worker_id = worker["id"].as_str().unwrap().to_string();
+    for _ in 0..5 {
+        t.trigger("hello", json!({ "payload": "{}", "options": {} })).await;
+    }
+    let body = t
+        .post("/engine/v1/dev/dequeue", &key, json!({ "currentWorker": worker_id, "maxRuns": 10, "timeoutMs": 2000 }))
+        .await
+        .expect(200);
+    assert_eq!(body["dequeuedMessages"].as_array().unwrap().len(), 3, "three slots in the environment");
+
+    // Without the setting, Trigger.dev's default of 100.
+    let t = TestServer::start().await;
+    let config = t.get("/engine/v1/dev/config", &t.dev_key).await.expect(200);
+    assert_eq!(config["maxConcurrentRuns"], 100);
+}

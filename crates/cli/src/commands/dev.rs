@@ -22,6 +22,11 @@ pub struct Args {
     /// Print the connection details as one JSON line on stdout.
     #[arg(long)]
     json: bool,
+    /// Concurrency limit of each environment created from now on (one keeps the limit it
+    /// was created with), as Trigger.dev's self-hosting setting of the same name.
+    #[arg(long, env = "DEFAULT_ENV_EXECUTION_CONCURRENCY_LIMIT", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    env_concurrency_limit: u32,
 }
 
 pub async fn run(args: Args) -> Result<()> {
@@ -31,6 +36,7 @@ pub async fn run(args: Args) -> Result<()> {
         database: Database::Sqlite(args.dir.join("trigger.db")),
         host: args.host.clone(),
         port: args.port,
+        env_concurrency_limit: args.env_concurrency_limit,
         ..ServeOptions::default()
     })
     .await?;

@@ -26,6 +26,11 @@ pub struct Args {
     /// The URL clients and workers reach this server at.
     #[arg(long, env = "TRIGGER_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Concurrency limit of each environment created from now on (one keeps the limit it
+    /// was created with), as Trigger.dev's self-hosting setting of the same name.
+    #[arg(long, env = "DEFAULT_ENV_EXECUTION_CONCURRENCY_LIMIT", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    env_concurrency_limit: u32,
 }
 
 pub async fn run(args: Args) -> Result<()> {
@@ -36,6 +41,7 @@ pub async fn run(args: Args) -> Result<()> {
         host: args.host,
         port: args.port,
         public_url: args.public_url,
+        env_concurrency_limit: args.env_concurrency_limit,
         ..ServeOptions::default()
     })
     .await?;

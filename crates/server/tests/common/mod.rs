@@ -51,13 +51,18 @@ impl Reply {
 
 impl TestServer {
     pub async fn start() -> TestServer {
+        Self::start_with(ServeOptions::default()).await
+    }
+
+    /// A server with `options`, on a private in-memory database and a free local port.
+    pub async fn start_with(options: ServeOptions) -> TestServer {
         let server = serve(ServeOptions {
             database: Database::Memory,
             host: "127.0.0.1".into(),
             port: 0,
             public_url: None,
             drain_timeout: Duration::from_secs(2),
-            packet_dir: None,
+            ..options
         })
         .await
         .expect("server starts");
