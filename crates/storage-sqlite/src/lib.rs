@@ -47,6 +47,7 @@
 //! [`Tx::get_subqueue`]: trigger_engine::storage::Tx::get_subqueue
 
 mod checkpoint;
+mod counts;
 mod error;
 mod store;
 mod tx;

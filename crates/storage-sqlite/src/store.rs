@@ -13,7 +13,10 @@ use crate::tx::SqliteTx;
 
 /// Schema migrations, applied in order and recorded in `schema_migrations`. Append only: a
 /// released migration never changes.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_ready_resume.sql")),
+];
 
 /// How long a statement waits for another connection's write lock before failing with
 /// [`ErrorKind::Conflict`].

@@ -5,7 +5,7 @@
 //! statement count is what the hot path costs.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rusqlite::types::{Type, Value, ValueRef};
 use rusqlite::{params, params_from_iter, CachedStatement, Connection, Params, Row};
@@ -19,6 +19,7 @@ use trigger_engine::storage::{ErrorKind, RegistryCache, StorageError, StorageRes
 use trigger_types::{Millis, RunStatus, WaitpointStatus};
 
 use crate::checkpoint::Checkpointer;
+use crate::counts::{HeldCounts, SubqueueKey};
 use crate::error::{decode, encode, from_sqlite, kind_of, DbResult};
 
 /// Page size when [`Page::size`] is 0.
@@ -41,6 +42,11 @@ pub struct SqliteTx<'c> {
     /// database now: `update_run` sets only the ones that change (each indexed column in a
     /// SET list costs an index rewrite). Forgotten on a rollback to a savepoint.
     run_columns: RefCell<HashMap<String, RunColumns>>,
+    /// Queue counter changes not written yet (see [`HeldCounts`]).
+    counts: RefCell<HeldCounts>,
+    /// The subqueues with a resume entry queued, read once per transaction when a slot is
+    /// given back, and kept current by this transaction's own enqueues.
+    resumes: RefCell<Option<HashSet<SubqueueKey>>>,
 }
 
 /// A run's values of the columns `update_run` may change, other than the body.
@@ -82,6 +88,8 @@ impl<'c> SqliteTx<'c> {
             open: true,
             aborted: Cell::new(None),
             run_columns: RefCell::default(),
+            counts: RefCell::default(),
+            resumes: RefCell::default(),
         }
     }
 
@@ -171,33 +179,79 @@ impl<'c> SqliteTx<'c> {
         Ok(out)
     }
 
-    /// Takes one ready entry out of its subqueue's counters (its row is already gone).
-    fn subqueue_lost_entry(&self, env_id: &str, queue: &str, ck: &str) -> StorageResult<()> {
-        self.exec(
-            "UPDATE subqueues SET ready_count = max(ready_count - 1, 0),
-                 head_score = (SELECT min(score) FROM ready
-                               WHERE env_id = ?1 AND queue = ?2 AND ck = ?3)
-             WHERE env_id = ?1 AND queue = ?2 AND ck = ?3",
-            params![env_id, queue, ck],
-        )?;
+    /// Writes the held counter changes: one statement per subqueue (its head recomputed
+    /// from its entries) and per environment.
+    fn flush_counts(&self) -> StorageResult<()> {
+        if self.counts.borrow().is_empty() {
+            return Ok(());
+        }
+        let (subqueues, envs) = {
+            let mut counts = self.counts.borrow_mut();
+            (counts.take_subqueues(), counts.take_envs())
+        };
+        for ((env_id, queue, ck), (ready, running)) in subqueues {
+            if (ready, running) == (0, 0) {
+                // Only the head may have moved; an absent subqueue stays absent (all zero).
+                self.exec(
+                    "UPDATE subqueues SET head_score = (SELECT min(score) FROM ready
+                                                        WHERE env_id = ?1 AND queue = ?2 AND ck = ?3)
+                     WHERE env_id = ?1 AND queue = ?2 AND ck = ?3",
+                    params![env_id, queue, ck],
+                )?;
+                continue;
+            }
+            // A new subqueue takes its queue's limit and paused flag; a subqueue whose counts
+            // reach zero is deleted by the `subqueues_drop_idle` trigger.
+            self.exec(
+                "INSERT INTO subqueues (env_id, queue, ck, ready_count, running, lim, paused, head_score)
+                 VALUES (?1, ?2, ?3, max(?4, 0), max(?5, 0),
+                         (SELECT lim FROM queues WHERE env_id = ?1 AND name = ?2),
+                         coalesce((SELECT paused FROM queues WHERE env_id = ?1 AND name = ?2), 0),
+                         (SELECT min(score) FROM ready WHERE env_id = ?1 AND queue = ?2 AND ck = ?3))
+                 ON CONFLICT (env_id, queue, ck) DO UPDATE SET
+                     ready_count = max(ready_count + ?4, 0),
+                     running = max(running + ?5, 0),
+                     head_score = excluded.head_score",
+                params![env_id, queue, ck, ready, running],
+            )?;
+        }
+        for (env_id, n) in envs {
+            self.exec(
+                "INSERT INTO env_running (env_id, running) VALUES (?1, max(?2, 0))
+                 ON CONFLICT (env_id) DO UPDATE SET running = max(running + ?2, 0)",
+                params![env_id, n],
+            )?;
+        }
         Ok(())
     }
 
-    /// Counts a new ready entry in its subqueue, creating the subqueue with its queue's limit
-    /// and paused flag when it does not exist.
-    fn subqueue_gained_entry(&self, e: &ReadyEntry) -> StorageResult<()> {
-        self.exec(
-            "INSERT INTO subqueues (env_id, queue, ck, ready_count, running, lim, paused, head_score)
-             VALUES (?1, ?2, ?3, 1, 0,
-                     (SELECT lim FROM queues WHERE env_id = ?1 AND name = ?2),
-                     coalesce((SELECT paused FROM queues WHERE env_id = ?1 AND name = ?2), 0),
-                     ?4)
-             ON CONFLICT (env_id, queue, ck) DO UPDATE SET
-                 ready_count = ready_count + 1,
-                 head_score = min(coalesce(head_score, excluded.head_score), excluded.head_score)",
-            params![e.env_id, e.queue, e.concurrency_key, e.score],
-        )?;
-        Ok(())
+    /// Whether a resume entry may be queued in the subqueue.
+    fn may_have_resume(&self, env_id: &str, queue: &str, ck: &str) -> StorageResult<bool> {
+        if self.resumes.borrow().is_none() {
+            let found = self.rows("SELECT DISTINCT env_id, queue, ck FROM ready WHERE resume", [], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            })?;
+            *self.resumes.borrow_mut() = Some(found.into_iter().collect());
+        }
+        let key = (env_id.to_string(), queue.to_string(), ck.to_string());
+        Ok(self.resumes.borrow().as_ref().is_some_and(|found| found.contains(&key)))
+    }
+
+    /// Notes a resume entry queued by this transaction.
+    fn queued(&self, e: &ReadyEntry) {
+        if e.resume {
+            if let Some(found) = self.resumes.borrow_mut().as_mut() {
+                found.insert((e.env_id.clone(), e.queue.clone(), e.concurrency_key.clone()));
+            }
+        }
+    }
+
+    /// Forgets what the transaction held or knew (rolled back).
+    fn forget_held(&mut self) {
+        self.registry.clear();
+        self.run_columns.get_mut().clear();
+        self.counts.get_mut().clear();
+        *self.resumes.get_mut() = None;
     }
 
     fn write_run(&self, sql: &str, run: &Run) -> StorageResult<usize> {
@@ -249,7 +303,7 @@ impl<'c> SqliteTx<'c> {
 impl Drop for SqliteTx<'_> {
     fn drop(&mut self) {
         if self.open {
-            self.registry.clear();
+            self.forget_held();
             // Nothing to report to: a failed rollback (the transaction may already have been
             // rolled back by SQLite after an I/O error) leaves no transaction open either way.
             let _ = self.exec("ROLLBACK", []);
@@ -364,6 +418,7 @@ impl Query {
 impl Tx for SqliteTx<'_> {
     fn commit(mut self: Box<Self>) -> StorageResult<()> {
         // On failure `open` stays set, so dropping `self` rolls back.
+        self.flush_counts()?;
         self.exec("COMMIT", [])?;
         self.open = false;
         if let Some(checkpointer) = self.checkpointer {
@@ -373,6 +428,8 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn savepoint(&mut self) -> StorageResult<()> {
+        // What is held belongs before the savepoint.
+        self.flush_counts()?;
         self.exec("SAVEPOINT sp", [])?;
         Ok(())
     }
@@ -384,8 +441,7 @@ impl Tx for SqliteTx<'_> {
 
     fn rollback_to_savepoint(&mut self) -> StorageResult<()> {
         // ROLLBACK TO keeps the savepoint on the stack; RELEASE pops it.
-        self.registry.clear();
-        self.run_columns.get_mut().clear();
+        self.forget_held();
         self.exec("ROLLBACK TO sp", [])?;
         self.exec("RELEASE sp", [])?;
         Ok(())
@@ -495,6 +551,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn env_running(&mut self, env_id: &str) -> StorageResult<u32> {
+        self.flush_counts()?;
         let n = self.row("SELECT running FROM env_running WHERE env_id = ?1", [env_id], |r| r.get(0))?;
         Ok(n.unwrap_or(0))
     }
@@ -598,6 +655,7 @@ impl Tx for SqliteTx<'_> {
                  lim = excluded.lim, paused = excluded.paused, body = excluded.body",
             params![q.env_id, q.name, q.concurrency_limit, q.paused, encode(q)?],
         )?;
+        self.flush_counts()?;
         self.exec(
             "UPDATE subqueues SET lim = ?3, paused = ?4 WHERE env_id = ?1 AND queue = ?2",
             params![q.env_id, q.name, q.concurrency_limit, q.paused],
@@ -817,13 +875,16 @@ impl Tx for SqliteTx<'_> {
 
     fn enqueue(&mut self, e: &ReadyEntry) -> StorageResult<()> {
         let body = encode(e)?;
+        self.queued(e);
         let inserted = self.exec(
-            "INSERT INTO ready (run_id, env_id, queue, ck, score, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO ready (run_id, env_id, queue, ck, score, body, resume)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (run_id) DO NOTHING",
-            params![e.run_id, e.env_id, e.queue, e.concurrency_key, e.score, body],
+            params![e.run_id, e.env_id, e.queue, e.concurrency_key, e.score, body, e.resume],
         )?;
         if inserted == 1 {
-            return self.subqueue_gained_entry(e);
+            self.counts.get_mut().entries(&e.env_id, &e.queue, &e.concurrency_key, 1);
+            return Ok(());
         }
         // The run was already queued (rare): replace its entry, which may move it to another
         // subqueue or change its score.
@@ -834,60 +895,50 @@ impl Tx for SqliteTx<'_> {
             return Err(StorageError::new(ErrorKind::Other, format!("ready entry of {} vanished", e.run_id)));
         };
         self.exec(
-            "UPDATE ready SET env_id = ?2, queue = ?3, ck = ?4, score = ?5, body = ?6 WHERE run_id = ?1",
-            params![e.run_id, e.env_id, e.queue, e.concurrency_key, e.score, body],
+            "UPDATE ready SET env_id = ?2, queue = ?3, ck = ?4, score = ?5, body = ?6, resume = ?7
+             WHERE run_id = ?1",
+            params![e.run_id, e.env_id, e.queue, e.concurrency_key, e.score, body, e.resume],
         )?;
+        let counts = self.counts.get_mut();
         if (env_id.as_str(), queue.as_str(), ck.as_str()) == (&e.env_id, &e.queue, &e.concurrency_key) {
-            self.exec(
-                "UPDATE subqueues SET head_score = (SELECT min(score) FROM ready
-                                                    WHERE env_id = ?1 AND queue = ?2 AND ck = ?3)
-                 WHERE env_id = ?1 AND queue = ?2 AND ck = ?3",
-                params![env_id, queue, ck],
-            )?;
-            Ok(())
+            counts.touch(&env_id, &queue, &ck);
         } else {
-            self.subqueue_lost_entry(&env_id, &queue, &ck)?;
-            self.subqueue_gained_entry(e)
+            counts.entries(&env_id, &queue, &ck, -1);
+            counts.entries(&e.env_id, &e.queue, &e.concurrency_key, 1);
         }
+        Ok(())
     }
 
     fn enqueue_first(&mut self, e: &ReadyEntry) -> StorageResult<()> {
+        self.queued(e);
         // No entry to replace: a second one for the run fails on the key.
         self.exec(
-            "INSERT INTO ready (run_id, env_id, queue, ck, score, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![e.run_id, e.env_id, e.queue, e.concurrency_key, e.score, encode(e)?],
+            "INSERT INTO ready (run_id, env_id, queue, ck, score, body, resume)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![e.run_id, e.env_id, e.queue, e.concurrency_key, e.score, encode(e)?, e.resume],
         )?;
-        self.subqueue_gained_entry(e)
+        self.counts.get_mut().entries(&e.env_id, &e.queue, &e.concurrency_key, 1);
+        Ok(())
     }
 
     fn dequeue_entry(&mut self, run_id: &str) -> StorageResult<Option<ReadyEntry>> {
         let entry: Option<ReadyEntry> =
             self.body("DELETE FROM ready WHERE run_id = ?1 RETURNING body", [run_id])?;
         if let Some(e) = &entry {
-            self.subqueue_lost_entry(&e.env_id, &e.queue, &e.concurrency_key)?;
+            self.counts.get_mut().entries(&e.env_id, &e.queue, &e.concurrency_key, -1);
         }
         Ok(entry)
     }
 
     fn dequeue_entries(&mut self, run_ids: &[&str]) -> StorageResult<()> {
-        let mut lost: HashMap<(String, String, String), i64> = HashMap::new();
         for id in run_ids {
             let removed =
                 self.row("DELETE FROM ready WHERE run_id = ?1 RETURNING env_id, queue, ck", [id], |r| {
                     Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
                 })?;
-            if let Some(key) = removed {
-                *lost.entry(key).or_default() += 1;
+            if let Some((env_id, queue, ck)) = removed {
+                self.counts.get_mut().entries(&env_id, &queue, &ck, -1);
             }
-        }
-        for ((env_id, queue, ck), n) in lost {
-            self.exec(
-                "UPDATE subqueues SET ready_count = max(ready_count - ?4, 0),
-                     head_score = (SELECT min(score) FROM ready
-                                   WHERE env_id = ?1 AND queue = ?2 AND ck = ?3)
-                 WHERE env_id = ?1 AND queue = ?2 AND ck = ?3",
-                params![env_id, queue, ck, n],
-            )?;
         }
         Ok(())
     }
@@ -898,6 +949,7 @@ impl Tx for SqliteTx<'_> {
         env_limit: u32,
         max: u32,
     ) -> StorageResult<Vec<Subqueue>> {
+        self.flush_counts()?;
         self.rows(
             "SELECT env_id, queue, ck, ready_count, running, lim, paused, head_score FROM subqueues
              WHERE env_id = ?1 AND head_score IS NOT NULL AND ready_count > 0 AND paused = 0
@@ -923,6 +975,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn get_subqueue(&mut self, env_id: &str, queue: &str, ck: &str) -> StorageResult<Option<Subqueue>> {
+        self.flush_counts()?;
         self.row(
             "SELECT env_id, queue, ck, ready_count, running, lim, paused, head_score FROM subqueues
              WHERE env_id = ?1 AND queue = ?2 AND ck = ?3",
@@ -932,6 +985,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn list_subqueues(&mut self, env_id: &str, queue: &str) -> StorageResult<Vec<Subqueue>> {
+        self.flush_counts()?;
         self.rows(
             "SELECT env_id, queue, ck, ready_count, running, lim, paused, head_score FROM subqueues
              WHERE env_id = ?1 AND queue = ?2 ORDER BY ck",
@@ -949,56 +1003,16 @@ impl Tx for SqliteTx<'_> {
         if inserted == 0 {
             return Ok(false);
         }
-        self.exec(
-            "INSERT INTO subqueues (env_id, queue, ck, ready_count, running, lim, paused, head_score)
-             VALUES (?1, ?2, ?3, 0, 1,
-                     (SELECT lim FROM queues WHERE env_id = ?1 AND name = ?2),
-                     coalesce((SELECT paused FROM queues WHERE env_id = ?1 AND name = ?2), 0),
-                     NULL)
-             ON CONFLICT (env_id, queue, ck) DO UPDATE SET running = running + 1",
-            params![h.env_id, h.queue, h.concurrency_key],
-        )?;
-        self.exec(
-            "INSERT INTO env_running (env_id, running) VALUES (?1, 1)
-             ON CONFLICT (env_id) DO UPDATE SET running = running + 1",
-            [&h.env_id],
-        )?;
+        self.counts.get_mut().slots(&h.env_id, &h.queue, &h.concurrency_key, 1);
         Ok(true)
     }
 
     fn acquire_many(&mut self, holders: &[Holder]) -> StorageResult<u32> {
-        let mut gained: HashMap<(&str, &str, &str), i64> = HashMap::new();
+        let mut taken = 0;
         for h in holders {
-            let inserted = self.exec(
-                "INSERT INTO holders (run_id, env_id, queue, ck) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (run_id) DO NOTHING",
-                params![h.run_id, h.env_id, h.queue, h.concurrency_key],
-            )?;
-            if inserted == 1 {
-                *gained.entry((&h.env_id, &h.queue, &h.concurrency_key)).or_default() += 1;
-            }
+            taken += u32::from(self.acquire(h)?);
         }
-        let mut per_env: HashMap<&str, i64> = HashMap::new();
-        for ((env_id, queue, ck), n) in &gained {
-            self.exec(
-                "INSERT INTO subqueues (env_id, queue, ck, ready_count, running, lim, paused, head_score)
-                 VALUES (?1, ?2, ?3, 0, ?4,
-                         (SELECT lim FROM queues WHERE env_id = ?1 AND name = ?2),
-                         coalesce((SELECT paused FROM queues WHERE env_id = ?1 AND name = ?2), 0),
-                         NULL)
-                 ON CONFLICT (env_id, queue, ck) DO UPDATE SET running = running + ?4",
-                params![env_id, queue, ck, n],
-            )?;
-            *per_env.entry(env_id).or_default() += n;
-        }
-        for (env_id, n) in per_env {
-            self.exec(
-                "INSERT INTO env_running (env_id, running) VALUES (?1, ?2)
-                 ON CONFLICT (env_id) DO UPDATE SET running = running + ?2",
-                params![env_id, n],
-            )?;
-        }
-        Ok(gained.values().sum::<i64>() as u32)
+        Ok(taken)
     }
 
     fn release(&mut self, run_id: &str) -> StorageResult<bool> {
@@ -1009,12 +1023,26 @@ impl Tx for SqliteTx<'_> {
         let Some((env_id, queue, ck)) = holder else {
             return Ok(false);
         };
-        self.exec(
-            "UPDATE subqueues SET running = max(running - 1, 0) WHERE env_id = ?1 AND queue = ?2 AND ck = ?3",
-            params![env_id, queue, ck],
-        )?;
-        self.exec("UPDATE env_running SET running = max(running - 1, 0) WHERE env_id = ?1", [&env_id])?;
+        self.counts.get_mut().slots(&env_id, &queue, &ck, -1);
         Ok(true)
+    }
+
+    fn release_and_peek(
+        &mut self,
+        run_id: &str,
+        env_id: &str,
+        queue: &str,
+        ck: &str,
+    ) -> StorageResult<(bool, Option<ReadyEntry>)> {
+        if !self.release(run_id)? {
+            return Ok((false, None));
+        }
+        // Only a resume entry at the head needs the caller.
+        if !self.may_have_resume(env_id, queue, ck)? {
+            return Ok((true, None));
+        }
+        let head = self.peek_subqueue(env_id, queue, ck, 1)?;
+        Ok((true, head.into_iter().next()))
     }
 
     fn get_holder(&mut self, run_id: &str) -> StorageResult<Option<Holder>> {
