@@ -147,7 +147,11 @@ impl Target {
                     }
                 };
                 let env = engine
-                    .create_environment("proj_bench", EnvironmentType::Production, Some(ENV_CONCURRENCY_LIMIT))
+                    .create_environment(
+                        "proj_bench",
+                        EnvironmentType::Production,
+                        Some(ENV_CONCURRENCY_LIMIT),
+                    )
                     .await?;
                 engine.register_worker(&env.id, manifest).await?;
                 let client: SharedBackend = Arc::new(Embedded::new(engine.clone(), env.id));

@@ -629,7 +629,11 @@ async fn the_environment_limit_setting_caps_what_a_dev_worker_may_run() {
         t.trigger("hello", json!({ "payload": "{}", "options": {} })).await;
     }
     let body = t
-        .post("/engine/v1/dev/dequeue", &key, json!({ "currentWorker": worker_id, "maxRuns": 10, "timeoutMs": 2000 }))
+        .post(
+            "/engine/v1/dev/dequeue",
+            &key,
+            json!({ "currentWorker": worker_id, "maxRuns": 10, "timeoutMs": 2000 }),
+        )
         .await
         .expect(200);
     assert_eq!(body["dequeuedMessages"].as_array().unwrap().len(), 3, "three slots in the environment");

@@ -1059,8 +1059,8 @@ impl Tx for PostgresTx<'_> {
              ON CONFLICT (env_id, queue, ck) DO UPDATE SET ready_count = subqueues.ready_count + 1";
         // Held entries first: this run's own may be among them (queued twice).
         self.flush_entries()?;
-        let inserted =
-            self.exec(SQL, &[&e.run_id, &e.env_id, &e.queue, &e.concurrency_key, &e.score, &body, &e.resume])?;
+        let inserted = self
+            .exec(SQL, &[&e.run_id, &e.env_id, &e.queue, &e.concurrency_key, &e.score, &body, &e.resume])?;
         if inserted == 1 {
             return Ok(());
         }

@@ -121,7 +121,10 @@ fn concurrent_opens_migrate_once() {
         let handles: Vec<_> = (0..6).map(|_| s.spawn(|| SqliteStore::open(&path).expect("open"))).collect();
         for h in handles {
             let store = h.join().expect("thread");
-            assert_eq!(store.applied_migrations().expect("migrations").len() as i64, SqliteStore::latest_schema_version());
+            assert_eq!(
+                store.applied_migrations().expect("migrations").len() as i64,
+                SqliteStore::latest_schema_version()
+            );
         }
     });
 }

@@ -177,7 +177,14 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
             let payload = txn.tx.get_payload(&run.id)?.unwrap_or_default();
             let started = attempt::begin_attempt(txn, env_id, run, payload)?;
             let (run, snapshot) = (started.run.clone(), started.snapshot.clone());
-            out.push(Dequeued { run, snapshot, worker: worker.clone(), task, machine, started: Some(started) });
+            out.push(Dequeued {
+                run,
+                snapshot,
+                worker: worker.clone(),
+                task,
+                machine,
+                started: Some(started),
+            });
         }
     }
     Ok(out)
