@@ -4,6 +4,13 @@
 
 use clap::{Parser, Subcommand};
 
+/// The engine allocates and frees many small strings and JSON buffers per run on its writer
+/// thread; mimalloc does that in about half the instructions of the system allocator
+/// (callgrind, docs/benchmarks.md). Built with its arenas committed on use
+/// (`.cargo/config.toml`), it keeps the process as small as the system allocator did.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod commands;
 mod config;
 mod http;

@@ -12,6 +12,10 @@ use trigger_engine::*;
 use trigger_storage_postgres::{PostgresOptions, PostgresStore};
 use trigger_storage_sqlite::SqliteStore;
 
+/// As the `trigger` binary does, so that the counts match what ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let n: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(20_000);
