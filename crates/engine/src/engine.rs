@@ -1,5 +1,6 @@
 //! [`Engine`]: the cheap, clonable handle everything else drives the engine through.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -47,6 +48,8 @@ impl std::fmt::Debug for EngineOptions {
 
 struct Inner {
     writer: Writer,
+    /// Ids of waiting claims.
+    waiting_claims: AtomicU64,
     notifier: Arc<Notifier>,
     clock: Arc<dyn Clock>,
     stop: watch::Sender<bool>,
@@ -92,14 +95,21 @@ impl Engine {
         let remote = Arc::downgrade(&notifier);
         store.listen(Arc::new(move |effects| {
             if let Some(notifier) = remote.upgrade() {
-                notifier.publish(effects);
+                notifier.publish_remote(effects);
             }
         }));
         let writer =
             Writer::start(Box::new(store), options.clock.clone(), Arc::new(options.config), notifier.clone());
         let (stop, stopped) = watch::channel(false);
-        let engine =
-            Engine { inner: Arc::new(Inner { writer, notifier, clock: options.clock.clone(), stop }) };
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                writer,
+                waiting_claims: AtomicU64::new(0),
+                notifier,
+                clock: options.clock.clone(),
+                stop,
+            }),
+        };
         if !options.clock.is_manual() {
             tokio::spawn(timer_loop(Arc::downgrade(&engine.inner), stopped));
         }
@@ -309,8 +319,12 @@ impl Engine {
     pub async fn dequeue(&self, env_id: &str, request: DequeueRequest) -> Result<Vec<Dequeued>> {
         let env = env_id.to_string();
         let receiver = self.inner.writer.submit(None, move |txn| dequeue::dequeue(txn, &env, &request))?;
-        let mut claim =
-            UnreceivedClaim { receiver: Some(receiver), engine: self.clone(), env_id: env_id.to_string() };
+        let mut claim = UnreceivedClaim {
+            receiver: Some(receiver),
+            engine: self.clone(),
+            env_id: env_id.to_string(),
+            waiting: None,
+        };
         let receiver = claim.receiver.as_mut().ok_or(crate::Error::Shutdown)?;
         let result = receiver.await.map_err(|_| crate::Error::Shutdown)?;
         claim.receiver = None;
@@ -318,26 +332,37 @@ impl Engine {
     }
 
     /// Claims runs, waiting up to `timeout` for one to become available (long poll).
+    ///
+    /// A claim that finds nothing waits in the writer and is applied again in the
+    /// transaction of the first command that makes work available in the environment (or on
+    /// a wake-up from another process sharing the database), so the run and its claim commit
+    /// together. Safe to cancel, as [`Engine::dequeue`] is.
     pub async fn dequeue_wait(
         &self,
         env_id: &str,
         request: DequeueRequest,
         timeout: Duration,
     ) -> Result<Vec<Dequeued>> {
-        let notify = self.inner.notifier.env(env_id);
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let claimed = self.dequeue(env_id, request.clone()).await?;
-            if !claimed.is_empty() {
-                return Ok(claimed);
+        let id = self.inner.waiting_claims.fetch_add(1, Ordering::Relaxed);
+        let receiver = self.inner.writer.submit_waiting(env_id, id, request)?;
+        let mut claim = UnreceivedClaim {
+            receiver: Some(receiver),
+            engine: self.clone(),
+            env_id: env_id.to_string(),
+            waiting: Some(id),
+        };
+        let receiver = claim.receiver.as_mut().ok_or(crate::Error::Shutdown)?;
+        let answer = match tokio::time::timeout(timeout, &mut *receiver).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                // The writer answers a stopped wait at once (nothing claimed), or has just
+                // claimed something for it.
+                self.inner.writer.stop_waiting(env_id, id);
+                receiver.await
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Ok(Vec::new());
-            }
-        }
+        };
+        claim.receiver = None;
+        answer.map_err(|_| crate::Error::Shutdown)?
     }
 
     pub async fn start_attempt(
@@ -701,11 +726,16 @@ struct UnreceivedClaim {
     receiver: Option<tokio::sync::oneshot::Receiver<Result<Vec<Dequeued>>>>,
     engine: Engine,
     env_id: String,
+    /// The id of a waiting claim ([`Engine::dequeue_wait`]), whose wait ends with the caller.
+    waiting: Option<u64>,
 }
 
 impl Drop for UnreceivedClaim {
     fn drop(&mut self) {
         let Some(receiver) = self.receiver.take() else { return };
+        if let Some(id) = self.waiting {
+            self.engine.inner.writer.stop_waiting(&self.env_id, id);
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let (engine, env_id) = (self.engine.clone(), std::mem::take(&mut self.env_id));
         runtime.spawn(async move {

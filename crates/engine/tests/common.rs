@@ -144,8 +144,18 @@ pub async fn harness(tasks: Vec<TaskManifest>, queues: Vec<QueueManifest>) -> Ha
 }
 
 pub async fn harness_with(config: Config, tasks: Vec<TaskManifest>, queues: Vec<QueueManifest>) -> Harness {
+    harness_on(store(), config, tasks, queues).await
+}
+
+/// [`harness_with`] on a given store.
+pub async fn harness_on(
+    store: impl Store,
+    config: Config,
+    tasks: Vec<TaskManifest>,
+    queues: Vec<QueueManifest>,
+) -> Harness {
     let clock = ManualClock::new(T0);
-    let engine = Engine::start(store(), EngineOptions { config, clock: Arc::new(clock.clone()) });
+    let engine = Engine::start(store, EngineOptions { config, clock: Arc::new(clock.clone()) });
     let env = engine.create_environment("proj_test", EnvironmentType::Production, None).await.unwrap();
     engine
         .register_worker(
