@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use tokio::sync::watch;
-use trigger_engine::{MetadataOp, MetadataUpdate, RunEvent};
+use trigger_engine::{ExecutionStatus, MetadataOp, MetadataUpdate, RunEvent};
 
 use crate::backend::SharedBackend;
 use crate::context::Context;
@@ -21,14 +21,34 @@ tokio::task_local! {
 pub(crate) type WaitHook =
     Arc<dyn Fn(crate::wait::WaitInfo, bool) -> crate::backend::BoxFuture<'static, ()> + Send + Sync>;
 
+/// What a worker last heard of one of its runs on the engine's change feed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Heard {
+    /// The run's latest snapshot and its execution status, as the change said; `None` after
+    /// changes were missed (read the snapshot instead).
+    pub snapshot: Option<(String, ExecutionStatus)>,
+}
+
+impl Heard {
+    /// A change of the run.
+    pub fn change(snapshot_id: &str, status: ExecutionStatus) -> Heard {
+        Heard { snapshot: (!snapshot_id.is_empty()).then(|| (snapshot_id.to_string(), status)) }
+    }
+
+    /// Changes were missed.
+    pub fn missed() -> Heard {
+        Heard { snapshot: None }
+    }
+}
+
 /// Everything in-task APIs need about the run executing on this task.
 pub(crate) struct RunScope {
     pub backend: SharedBackend,
     pub ctx: Context,
     /// The run's latest snapshot as this worker knows it (waits move it).
     pub snapshot_id: Arc<Mutex<String>>,
-    /// Bumped whenever the engine reports a change of this run.
-    pub changes: watch::Receiver<u64>,
+    /// What the engine's change feed last said about this run.
+    pub changes: watch::Receiver<Heard>,
     pub locals: Mutex<HashMap<&'static str, Box<dyn Any + Send + Sync>>>,
     pub metadata: Mutex<MetadataState>,
     pub logs: Mutex<Vec<RunEvent>>,

@@ -73,19 +73,32 @@ where
         hook(info.clone(), false).await;
     }
     let run_id = scope.ctx.run.id.clone();
+    // The snapshot as the change feed told it, when it did: no need to read it again. Only
+    // a snapshot newer than the one before the wait is taken from it (ids sort by creation;
+    // a late change from before the wait, say of an earlier attempt, is read again).
+    let mut heard: Option<(String, ExecutionStatus)> = None;
     let outcome = loop {
-        let (_, snapshot) = scope.backend.latest_snapshot(&run_id).await?;
-        if snapshot.execution_status.has_worker() {
-            scope.set_snapshot_id(&snapshot.id);
+        let (snapshot_id, status) = match heard.take() {
+            Some((id, status)) if id.as_str() > before.as_str() => (id, status),
+            _ => {
+                let (_, snapshot) = scope.backend.latest_snapshot(&run_id).await?;
+                (snapshot.id, snapshot.execution_status)
+            }
+        };
+        if status.has_worker() {
+            scope.set_snapshot_id(&snapshot_id);
         }
-        match snapshot.execution_status {
-            ExecutionStatus::Executing if snapshot.id != before => break Ok(()),
+        match status {
+            ExecutionStatus::Executing if snapshot_id != before => break Ok(()),
             ExecutionStatus::PendingCancel | ExecutionStatus::Finished => break Err(Error::Cancelled),
             _ => {}
         }
         if scope.backend.subscribe().is_some() {
             tokio::select! {
-                changed = changes.changed() => if changed.is_err() { break Err(Error::Cancelled) },
+                changed = changes.changed() => match changed {
+                    Ok(()) => heard = changes.borrow_and_update().snapshot.clone(),
+                    Err(_) => break Err(Error::Cancelled),
+                },
                 _ = scope.ctx.signal.cancelled() => break Err(Error::Cancelled),
             }
         } else {

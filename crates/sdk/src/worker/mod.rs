@@ -37,7 +37,7 @@ use crate::backend::{Backend, SharedBackend};
 use crate::context::{CancelReason, CancellationToken, Context};
 use crate::error::{Error, Result};
 use crate::hooks::Globals;
-use crate::scope::{self, MetadataState, RunScope};
+use crate::scope::{self, Heard, MetadataState, RunScope};
 use crate::task::{ErasedTask, ExecInput, IntoTask};
 use capacity::{Capacity, Lease};
 
@@ -164,7 +164,7 @@ impl WorkerBuilder {
 }
 
 struct ActiveRun {
-    changes: watch::Sender<u64>,
+    changes: watch::Sender<Heard>,
     token: CancellationToken,
 }
 
@@ -376,7 +376,7 @@ async fn dispatch(
             Ok(change) if change.run_id.is_empty() => {
                 // A transport's "resync": every run re-reads its snapshot.
                 for run in inner.active.lock().unwrap_or_else(|e| e.into_inner()).values() {
-                    run.changes.send_modify(|n| *n += 1);
+                    run.changes.send_replace(Heard::missed());
                 }
             }
             Ok(change) => {
@@ -385,7 +385,7 @@ async fn dispatch(
                     if change.execution_status == ExecutionStatus::PendingCancel {
                         run.token.cancel(CancelReason::Canceled);
                     }
-                    run.changes.send_modify(|n| *n += 1);
+                    run.changes.send_replace(Heard::change(&change.snapshot_id, change.execution_status));
                 }
             }
             Err(RecvError::Lagged(_)) => {
@@ -393,7 +393,7 @@ async fn dispatch(
                 let ids: Vec<String> = {
                     let active = inner.active.lock().unwrap_or_else(|e| e.into_inner());
                     for run in active.values() {
-                        run.changes.send_modify(|n| *n += 1);
+                        run.changes.send_replace(Heard::missed());
                     }
                     active.keys().cloned().collect()
                 };
@@ -416,7 +416,7 @@ async fn dispatch(
 async fn execute_run(inner: Arc<Inner>, dequeued: Dequeued, lease: Arc<Lease>) {
     let run_id = dequeued.run.id.clone();
     let token = CancellationToken::new();
-    let (changes_tx, changes_rx) = watch::channel(0u64);
+    let (changes_tx, changes_rx) = watch::channel(Heard::missed());
     inner
         .active
         .lock()
@@ -577,7 +577,7 @@ async fn attempt(
     started: trigger_engine::StartedAttempt,
     token: CancellationToken,
     snapshot: Arc<Mutex<String>>,
-    changes: watch::Receiver<u64>,
+    changes: watch::Receiver<Heard>,
     lease: Arc<Lease>,
 ) -> (Completion, Option<trigger_engine::MetadataUpdate>) {
     let ctx = Context::from_attempt(&started, token);
