@@ -192,6 +192,10 @@ impl Parked {
         true
     }
 
+    fn is_empty(&self) -> bool {
+        self.claims.is_empty()
+    }
+
     fn answer_all(&mut self) {
         for claim in self.claims.drain().flat_map(|(_, claims)| claims) {
             claim.finish(Ok(()));
@@ -469,6 +473,10 @@ fn run_batch(
             return Ok(false);
         }
     }
+    // Nothing waits (the usual case under load): no wake-ups to gather.
+    if parked.is_empty() && !batch.iter().any(|command| command.waiting().is_some()) {
+        return finish_batch(tx, effects);
+    }
     let woken: HashSet<String> = effects
         .iter()
         .filter_map(|effect| match effect {
@@ -495,6 +503,14 @@ fn run_batch(
             }
         }
     }
+    finish_batch(tx, effects)
+}
+
+/// Announces the batch's effects to other processes and commits.
+fn finish_batch(
+    mut tx: Box<dyn crate::storage::Tx + '_>,
+    effects: &[Effect],
+) -> std::result::Result<bool, StorageError> {
     if !effects.is_empty() {
         tx.publish(effects)?;
     }

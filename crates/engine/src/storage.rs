@@ -320,7 +320,8 @@ pub trait Tx {
     /// statement. It may also answer `(true, None)` without looking (and hold the release
     /// back, to send with others) when it knows that no resume entry is queued in that
     /// subqueue; `true` then means only that the run may have held a slot. The default
-    /// answers exactly: `(false, None)` without a slot, else the head, whatever it is.
+    /// answers `(false, None)` without a slot, `(true, None)` when
+    /// [`Tx::may_have_resume`] says no, else the head, whatever it is.
     fn release_and_peek(
         &mut self,
         run_id: &str,
@@ -331,8 +332,21 @@ pub trait Tx {
         if !self.release(run_id)? {
             return Ok((false, None));
         }
+        if !self.may_have_resume(env_id, queue, concurrency_key)? {
+            return Ok((true, None));
+        }
         let head = self.peek_subqueue(env_id, queue, concurrency_key, 1)?;
         Ok((true, head.into_iter().next()))
+    }
+    /// Whether a resume entry may be queued in the subqueue; false lets
+    /// [`Tx::release_and_peek`] skip reading its head. The default does not know.
+    fn may_have_resume(
+        &mut self,
+        _env_id: &str,
+        _queue: &str,
+        _concurrency_key: &str,
+    ) -> StorageResult<bool> {
+        Ok(true)
     }
     fn get_holder(&mut self, run_id: &str) -> StorageResult<Option<Holder>>;
 

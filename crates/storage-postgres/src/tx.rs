@@ -154,21 +154,6 @@ impl<'s> PostgresTx<'s> {
         self.send(flush)
     }
 
-    /// Whether a resume entry may be queued in the subqueue.
-    fn may_have_resume(&mut self, env_id: &str, queue: &str, ck: &str) -> StorageResult<bool> {
-        if self.resumes.is_none() {
-            self.flush_entries()?;
-            let rows = self.query("SELECT DISTINCT env_id, queue, ck FROM ready WHERE resume", &[])?;
-            let mut found = HashSet::new();
-            for row in &rows {
-                found.insert((get(row, 0)?, get(row, 1)?, get(row, 2)?));
-            }
-            self.resumes = Some(found);
-        }
-        let key = (env_id.to_string(), queue.to_string(), ck.to_string());
-        Ok(self.resumes.as_ref().is_some_and(|found| found.contains(&key)))
-    }
-
     /// Sends everything held (before a savepoint, and at commit).
     fn flush_all(&mut self) -> StorageResult<()> {
         self.flush_releases()?;
@@ -1274,6 +1259,22 @@ impl Tx for PostgresTx<'_> {
             }
         }
         Ok(u32::try_from(n).unwrap_or(0))
+    }
+
+    fn may_have_resume(&mut self, env_id: &str, queue: &str, ck: &str) -> StorageResult<bool> {
+        if self.resumes.is_none() {
+            self.flush_entries()?;
+            let rows = self.query("SELECT DISTINCT env_id, queue, ck FROM ready WHERE resume", &[])?;
+            let mut found = HashSet::new();
+            for row in &rows {
+                found.insert((get(row, 0)?, get(row, 1)?, get(row, 2)?));
+            }
+            self.resumes = Some(found);
+        }
+        // Usually none is queued: no key to build.
+        Ok(self.resumes.as_ref().is_some_and(|found| {
+            !found.is_empty() && found.contains(&(env_id.to_string(), queue.to_string(), ck.to_string()))
+        }))
     }
 
     fn release_and_peek(

@@ -46,7 +46,7 @@ pub struct SqliteTx<'c> {
     counts: RefCell<HeldCounts>,
     /// The subqueues with a resume entry queued, read once per transaction when a slot is
     /// given back, and kept current by this transaction's own enqueues.
-    resumes: RefCell<Option<HashSet<SubqueueKey>>>,
+    resumes: Option<HashSet<SubqueueKey>>,
 }
 
 /// A run's values of the columns `update_run` may change, other than the body.
@@ -89,7 +89,7 @@ impl<'c> SqliteTx<'c> {
             aborted: Cell::new(None),
             run_columns: RefCell::default(),
             counts: RefCell::default(),
-            resumes: RefCell::default(),
+            resumes: None,
         }
     }
 
@@ -225,22 +225,10 @@ impl<'c> SqliteTx<'c> {
         Ok(())
     }
 
-    /// Whether a resume entry may be queued in the subqueue.
-    fn may_have_resume(&self, env_id: &str, queue: &str, ck: &str) -> StorageResult<bool> {
-        if self.resumes.borrow().is_none() {
-            let found = self.rows("SELECT DISTINCT env_id, queue, ck FROM ready WHERE resume", [], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
-            })?;
-            *self.resumes.borrow_mut() = Some(found.into_iter().collect());
-        }
-        let key = (env_id.to_string(), queue.to_string(), ck.to_string());
-        Ok(self.resumes.borrow().as_ref().is_some_and(|found| found.contains(&key)))
-    }
-
     /// Notes a resume entry queued by this transaction.
-    fn queued(&self, e: &ReadyEntry) {
+    fn queued(&mut self, e: &ReadyEntry) {
         if e.resume {
-            if let Some(found) = self.resumes.borrow_mut().as_mut() {
+            if let Some(found) = self.resumes.as_mut() {
                 found.insert((e.env_id.clone(), e.queue.clone(), e.concurrency_key.clone()));
             }
         }
@@ -251,7 +239,7 @@ impl<'c> SqliteTx<'c> {
         self.registry.clear();
         self.run_columns.get_mut().clear();
         self.counts.get_mut().clear();
-        *self.resumes.get_mut() = None;
+        self.resumes = None;
     }
 
     fn write_run(&self, sql: &str, run: &Run) -> StorageResult<usize> {
@@ -1027,22 +1015,17 @@ impl Tx for SqliteTx<'_> {
         Ok(true)
     }
 
-    fn release_and_peek(
-        &mut self,
-        run_id: &str,
-        env_id: &str,
-        queue: &str,
-        ck: &str,
-    ) -> StorageResult<(bool, Option<ReadyEntry>)> {
-        if !self.release(run_id)? {
-            return Ok((false, None));
+    fn may_have_resume(&mut self, env_id: &str, queue: &str, ck: &str) -> StorageResult<bool> {
+        if self.resumes.is_none() {
+            let rows = self.rows("SELECT DISTINCT env_id, queue, ck FROM ready WHERE resume", [], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            })?;
+            self.resumes = Some(rows.into_iter().collect());
         }
-        // Only a resume entry at the head needs the caller.
-        if !self.may_have_resume(env_id, queue, ck)? {
-            return Ok((true, None));
-        }
-        let head = self.peek_subqueue(env_id, queue, ck, 1)?;
-        Ok((true, head.into_iter().next()))
+        // Usually none is queued: no key to build.
+        Ok(self.resumes.as_ref().is_some_and(|found| {
+            !found.is_empty() && found.contains(&(env_id.to_string(), queue.to_string(), ck.to_string()))
+        }))
     }
 
     fn get_holder(&mut self, run_id: &str) -> StorageResult<Option<Holder>> {
