@@ -19,7 +19,9 @@
 //! run outside it.
 //!
 //! Around every wait inside `run`: `on_wait` before the run blocks, `on_resume` once it
-//! continues. When the run is canceled while executing: `on_cancel`, instead of steps 3–4.
+//! continues. When the run is canceled while executing: `on_cancel`, instead of steps 3–4,
+//! once the attempt has stopped (`run` returned after seeing `ctx.signal`, or was dropped at
+//! its next await), so no code of the attempt runs after it.
 //!
 //! As in v4, every hook kind runs its global hooks (registered with [`crate::tasks`], in
 //! registration order) before the task's own, except `catch_error`, where the task's hook

@@ -533,14 +533,19 @@ where
     let limit = ctx.run.max_duration.map(|s| Duration::from_secs(s as u64));
     let usage = Arc::new(AtomicU64::new(0));
     let timed = ComputeTimed { inner: chained, used: usage.clone(), limit, signal: ctx.signal.clone() };
-    let inner = match &scope {
+    let mut inner = match &scope {
         Some(scope) => tokio::spawn(scope::enter(scope.clone(), timed)),
         None => tokio::spawn(timed),
     };
-    let abort = inner.abort_handle();
     let joined = tokio::select! {
-        joined = inner => Some(joined),
-        _ = ctx.signal.cancelled() => None,
+        joined = &mut inner => Some(joined),
+        _ = ctx.signal.cancelled() => {
+            // Stop the attempt before anything else runs: it is dropped at its next await
+            // (or has just finished), so no code of it runs after the cancel hooks.
+            inner.abort();
+            let _ = (&mut inner).await;
+            None
+        }
     };
     let usage_ms = usage.load(Ordering::SeqCst) / 1000;
     let chain_result: Result<(), TaskError> = match joined {
@@ -551,10 +556,7 @@ where
         Some(Err(_)) => {
             Err(TaskError::internal(InternalErrorCode::TaskExecutionAborted, "the attempt was aborted"))
         }
-        None => {
-            abort.abort();
-            Err(TaskError::internal(InternalErrorCode::TaskExecutionAborted, "the attempt was aborted"))
-        }
+        None => Err(TaskError::internal(InternalErrorCode::TaskExecutionAborted, "the attempt was aborted")),
     };
 
     match ctx.signal.reason() {
