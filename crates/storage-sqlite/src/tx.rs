@@ -47,6 +47,9 @@ pub struct SqliteTx<'c> {
     /// The subqueues with a resume entry queued, read once per transaction when a slot is
     /// given back, and kept current by this transaction's own enqueues.
     resumes: Option<HashSet<SubqueueKey>>,
+    /// Payloads read with a claim's runs ([`Tx::peek_and_lock`]), each handed out once by
+    /// `get_payload` (payloads never change after insert).
+    payloads: HashMap<String, Option<Packet>>,
 }
 
 /// A run's values of the columns `update_run` may change, other than the body.
@@ -90,6 +93,7 @@ impl<'c> SqliteTx<'c> {
             run_columns: RefCell::default(),
             counts: RefCell::default(),
             resumes: None,
+            payloads: HashMap::new(),
         }
     }
 
@@ -240,6 +244,7 @@ impl<'c> SqliteTx<'c> {
         self.run_columns.get_mut().clear();
         self.counts.get_mut().clear();
         self.resumes = None;
+        self.payloads.clear();
     }
 
     fn write_run(&self, sql: &str, run: &Run) -> StorageResult<usize> {
@@ -700,6 +705,19 @@ impl Tx for SqliteTx<'_> {
         Ok(run)
     }
 
+    fn lock_run_with_payload(&mut self, id: &str) -> StorageResult<Option<(Run, Option<Packet>)>> {
+        let row = self.row(
+            "SELECT r.body, d.payload, d.payload_type
+             FROM runs r LEFT JOIN run_data d ON d.run_id = r.id WHERE r.id = ?1",
+            [id],
+            |r| Ok((r.get_ref(0)?.as_bytes()?.to_vec(), packet(r.get(1)?, r.get(2)?))),
+        )?;
+        let Some((body, payload)) = row else { return Ok(None) };
+        let run: Run = decode(&body)?;
+        self.run_columns.borrow_mut().insert(run.id.clone(), RunColumns::of(&run));
+        Ok(Some((run, payload)))
+    }
+
     fn update_run(&mut self, run: &Run) -> StorageResult<()> {
         // Only the columns a run's life changes (env, task, queue, batch, parent, creation
         // time and the test flag are fixed at insert), and of those only the ones that differ
@@ -750,6 +768,9 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn get_payload(&mut self, run_id: &str) -> StorageResult<Option<Packet>> {
+        if let Some(read) = self.payloads.remove(run_id) {
+            return Ok(read);
+        }
         let row =
             self.row("SELECT payload, payload_type FROM run_data WHERE run_id = ?1", [run_id], |r| {
                 Ok(packet(r.get(0)?, r.get(1)?))
@@ -960,6 +981,44 @@ impl Tx for SqliteTx<'_> {
              ORDER BY score, run_id LIMIT ?4",
             params![env_id, queue, ck, limit(max)],
         )
+    }
+
+    fn peek_and_lock(
+        &mut self,
+        env_id: &str,
+        queue: &str,
+        ck: &str,
+        max: u32,
+        with_payloads: bool,
+    ) -> StorageResult<(Vec<ReadyEntry>, Vec<Run>)> {
+        // One statement for the entries, their runs and (for a claim that starts attempts)
+        // the payloads, instead of one per run for each. An entry without a run is left out.
+        let sql = if with_payloads {
+            "SELECT q.body, r.body, d.payload, d.payload_type
+             FROM ready q JOIN runs r ON r.id = q.run_id LEFT JOIN run_data d ON d.run_id = q.run_id
+             WHERE q.env_id = ?1 AND q.queue = ?2 AND q.ck = ?3
+             ORDER BY q.score, q.run_id LIMIT ?4"
+        } else {
+            "SELECT q.body, r.body FROM ready q JOIN runs r ON r.id = q.run_id
+             WHERE q.env_id = ?1 AND q.queue = ?2 AND q.ck = ?3
+             ORDER BY q.score, q.run_id LIMIT ?4"
+        };
+        let mut stmt = self.prepare(sql)?;
+        let mut rows = self.check(stmt.query(params![env_id, queue, ck, limit(max)]))?;
+        let (mut entries, mut runs) = (Vec::new(), Vec::new());
+        let mut columns = self.run_columns.borrow_mut();
+        while let Some(row) = self.check(rows.next())? {
+            let entry: ReadyEntry = decode(text(row, 0)?)?;
+            let run: Run = decode(text(row, 1)?)?;
+            if with_payloads {
+                let payload = packet(row.get(2).db()?, row.get(3).db()?);
+                self.payloads.insert(run.id.clone(), payload);
+            }
+            columns.insert(run.id.clone(), RunColumns::of(&run));
+            entries.push(entry);
+            runs.push(run);
+        }
+        Ok((entries, runs))
     }
 
     fn get_subqueue(&mut self, env_id: &str, queue: &str, ck: &str) -> StorageResult<Option<Subqueue>> {
