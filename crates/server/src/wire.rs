@@ -4,11 +4,12 @@
 //! every field its schema requires (names and types as in `@trigger.dev/core` 4.8.3) and
 //! leaves optional fields out rather than sending `null`.
 
+use serde::{Serialize, Serializer};
 use serde_json::{json, Map, Value};
 use trigger_engine::lifecycle::attempt::StartedAttempt;
 use trigger_engine::{
-    iso8601, Batch, CompletedWaitpoint, Dequeued, ExecutionStatus, Millis, Packet, Run, RunStatus, Snapshot,
-    TaskRunError, TriggerFunction, Waitpoint, WaitpointStatus, WaitpointType,
+    iso8601, Batch, CompletedWaitpoint, Dequeued, ExecutionStatus, MachinePreset, Millis, Packet, Run,
+    RunStatus, Snapshot, TaskRunError, TriggerFunction, Waitpoint, WaitpointStatus, WaitpointType,
 };
 
 use crate::auth::EnvCaller;
@@ -109,107 +110,270 @@ pub fn execution_status(status: ExecutionStatus) -> &'static str {
     }
 }
 
+/// Epoch milliseconds, serialized as [`iso`] writes them.
+#[derive(Debug, Clone, Copy)]
+pub struct Iso(pub Millis);
+
+impl Serialize for Iso {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&iso8601(self.0))
+    }
+}
+
+/// `{ id, friendlyId }`: a record whose friendly id is its id.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ids<'a> {
+    id: &'a str,
+    friendly_id: &'a str,
+}
+
+fn ids(id: &str) -> Ids<'_> {
+    Ids { id, friendly_id: id }
+}
+
+/// `{ id }`.
+#[derive(Debug, Serialize)]
+pub struct Id<'a> {
+    id: &'a str,
+}
+
 /// `ExecutionSnapshot`.
-pub fn snapshot(s: &Snapshot) -> Value {
-    json!({
-        "id": s.id,
-        "friendlyId": s.id,
-        "executionStatus": execution_status(s.execution_status),
-        "description": s.description,
-        "createdAt": iso(s.created_at),
-    })
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotJson<'a> {
+    id: &'a str,
+    friendly_id: &'a str,
+    execution_status: &'static str,
+    description: &'a str,
+    created_at: Iso,
+}
+
+pub fn snapshot(s: &Snapshot) -> SnapshotJson<'_> {
+    SnapshotJson {
+        id: &s.id,
+        friendly_id: &s.id,
+        execution_status: execution_status(s.execution_status),
+        description: &s.description,
+        created_at: Iso(s.created_at),
+    }
 }
 
 /// `BaseRunMetadata`.
-pub fn run_meta(run: &Run) -> Value {
-    json!({
-        "id": run.id,
-        "friendlyId": run.id,
-        "status": db_status(run.status),
-        "attemptNumber": run.attempt_number,
-    })
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunMeta<'a> {
+    id: &'a str,
+    friendly_id: &'a str,
+    status: &'static str,
+    attempt_number: u32,
+}
+
+pub fn run_meta(run: &Run) -> RunMeta<'_> {
+    RunMeta {
+        id: &run.id,
+        friendly_id: &run.id,
+        status: db_status(run.status),
+        attempt_number: run.attempt_number,
+    }
 }
 
 /// `CompletedWaitpoint`.
-pub fn completed_waitpoint(w: &CompletedWaitpoint) -> Value {
-    let mut o = Map::new();
-    o.insert("id".into(), json!(w.id));
-    o.insert("friendlyId".into(), json!(w.id));
-    o.insert("type".into(), json!(w.kind.as_str()));
-    o.insert("completedAt".into(), json!(iso(w.completed_at)));
-    if let Some(i) = w.index {
-        o.insert("index".into(), json!(i));
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompletedWaitpointJson<'a> {
+    id: &'a str,
+    friendly_id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    completed_at: Iso,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    completed_by_task_run: Option<CompletedBy<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    completed_after: Option<Iso>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    completed_by_batch: Option<Ids<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<&'a str>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    output_type: &'a str,
+    output_is_error: bool,
+}
+
+/// The run that completed a waitpoint, and its batch for a batch item's `RUN` waitpoint
+/// (the worker matches those by `<batch>_<index>`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompletedBy<'a> {
+    id: &'a str,
+    friendly_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch: Option<Ids<'a>>,
+}
+
+pub fn completed_waitpoint(w: &CompletedWaitpoint) -> CompletedWaitpointJson<'_> {
+    let batch = w.completed_by_batch_id.as_deref();
+    CompletedWaitpointJson {
+        id: &w.id,
+        friendly_id: &w.id,
+        kind: w.kind.as_str(),
+        completed_at: Iso(w.completed_at),
+        index: w.index,
+        idempotency_key: w.idempotency_key.as_deref(),
+        completed_by_task_run: w.completed_by_run_id.as_deref().map(|run| CompletedBy {
+            id: run,
+            friendly_id: run,
+            batch: batch.filter(|_| w.kind == WaitpointType::Run).map(ids),
+        }),
+        completed_after: w.completed_after.map(Iso),
+        completed_by_batch: batch.filter(|_| w.kind == WaitpointType::Batch).map(ids),
+        output: w.output.as_deref(),
+        output_type: &w.output_type,
+        output_is_error: w.output_is_error,
     }
-    if let Some(k) = &w.idempotency_key {
-        o.insert("idempotencyKey".into(), json!(k));
-    }
-    if let Some(run) = &w.completed_by_run_id {
-        let mut by = json!({ "id": run, "friendlyId": run });
-        // A batch item's RUN waitpoint is matched by `<batch>_<index>` in the worker.
-        if let (WaitpointType::Run, Some(batch)) = (w.kind, &w.completed_by_batch_id) {
-            by["batch"] = json!({ "id": batch, "friendlyId": batch });
-        }
-        o.insert("completedByTaskRun".into(), by);
-    }
-    if let Some(after) = w.completed_after {
-        o.insert("completedAfter".into(), json!(iso(after)));
-    }
-    if let (WaitpointType::Batch, Some(batch)) = (w.kind, &w.completed_by_batch_id) {
-        o.insert("completedByBatch".into(), json!({ "id": batch, "friendlyId": batch }));
-    }
-    if let Some(output) = &w.output {
-        o.insert("output".into(), json!(output));
-    }
-    if !w.output_type.is_empty() {
-        o.insert("outputType".into(), json!(w.output_type));
-    }
-    o.insert("outputIsError".into(), json!(w.output_is_error));
-    Value::Object(o)
+}
+
+fn completed_waitpoints(s: &Snapshot) -> Vec<CompletedWaitpointJson<'_>> {
+    s.completed_waitpoints.iter().map(completed_waitpoint).collect()
 }
 
 /// `RunExecutionData`.
-pub fn execution_data(run: &Run, s: &Snapshot) -> Value {
-    let mut v = json!({
-        "version": "1",
-        "snapshot": snapshot(s),
-        "run": run_meta(run),
-        "completedWaitpoints": s.completed_waitpoints.iter().map(completed_waitpoint).collect::<Vec<_>>(),
-    });
-    if let Some(batch) = &s.batch_id {
-        v["batch"] = json!({ "id": batch, "friendlyId": batch });
-    }
-    v
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionData<'a> {
+    version: &'static str,
+    snapshot: SnapshotJson<'a>,
+    run: RunMeta<'a>,
+    completed_waitpoints: Vec<CompletedWaitpointJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch: Option<Ids<'a>>,
 }
 
-fn trace_context(run: &Run) -> Value {
-    match (&run.trace_id, &run.span_id) {
-        (Some(t), Some(s)) => json!({ "traceparent": format!("00-{t}-{s}-01") }),
-        _ => json!({}),
+pub fn execution_data<'a>(run: &'a Run, s: &'a Snapshot) -> ExecutionData<'a> {
+    ExecutionData {
+        version: "1",
+        snapshot: snapshot(s),
+        run: run_meta(run),
+        completed_waitpoints: completed_waitpoints(s),
+        batch: s.batch_id.as_deref().map(ids),
     }
 }
 
-/// `DequeuedMessage`.
-pub fn dequeued_message(d: &Dequeued, caller: &EnvCaller, dequeued_at: Millis) -> Value {
-    json!({
-        "version": "1",
-        "snapshot": snapshot(&d.snapshot),
-        "dequeuedAt": iso(dequeued_at),
-        "completedWaitpoints": d.snapshot.completed_waitpoints.iter().map(completed_waitpoint).collect::<Vec<_>>(),
-        "backgroundWorker": { "id": d.worker.id, "friendlyId": d.worker.id, "version": d.worker.version },
-        "deployment": {},
-        "run": {
-            "id": d.run.id,
-            "friendlyId": d.run.id,
-            "isTest": d.run.is_test,
-            "machine": d.machine.to_json(),
-            "attemptNumber": d.run.attempt_number,
-            "masterQueue": d.run.queue,
-            "traceContext": trace_context(&d.run),
+/// A run's `traceContext`: `{ traceparent }` when it has a trace, else `{}`.
+#[derive(Debug, Serialize)]
+pub struct TraceContext {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
+}
+
+fn trace_context(run: &Run) -> TraceContext {
+    TraceContext {
+        traceparent: match (&run.trace_id, &run.span_id) {
+            (Some(t), Some(s)) => Some(format!("00-{t}-{s}-01")),
+            _ => None,
         },
-        "environment": { "id": caller.env.id, "type": caller.env.kind.as_str() },
-        "organization": { "id": caller.org.id },
-        "project": { "id": caller.project.id },
-    })
+    }
+}
+
+/// `MachinePreset` as the worker schemas have it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Machine {
+    name: &'static str,
+    cpu: f64,
+    memory: f64,
+    cents_per_ms: f64,
+}
+
+fn machine(m: MachinePreset) -> Machine {
+    Machine { name: m.name(), cpu: m.cpu(), memory: m.memory(), cents_per_ms: m.cents_per_ms() }
+}
+
+/// `DequeuedMessage`, with the started attempt when the claim started it (a trigger.rs
+/// extension the official CLI never asks for).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DequeuedMessage<'a, A> {
+    version: &'static str,
+    snapshot: SnapshotJson<'a>,
+    dequeued_at: Iso,
+    completed_waitpoints: Vec<CompletedWaitpointJson<'a>>,
+    background_worker: BackgroundWorker<'a>,
+    deployment: Empty,
+    run: DequeuedRun<'a>,
+    environment: EnvironmentRef<'a>,
+    organization: Id<'a>,
+    project: Id<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempt: Option<A>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackgroundWorker<'a> {
+    id: &'a str,
+    friendly_id: &'a str,
+    version: &'a str,
+}
+
+/// `{}`.
+#[derive(Debug, Serialize)]
+pub struct Empty {}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DequeuedRun<'a> {
+    id: &'a str,
+    friendly_id: &'a str,
+    is_test: bool,
+    machine: Machine,
+    attempt_number: u32,
+    master_queue: &'a str,
+    trace_context: TraceContext,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EnvironmentRef<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+pub fn dequeued_message<'a, A>(
+    d: &'a Dequeued,
+    caller: &'a EnvCaller,
+    dequeued_at: Millis,
+    attempt: Option<A>,
+) -> DequeuedMessage<'a, A> {
+    DequeuedMessage {
+        version: "1",
+        snapshot: snapshot(&d.snapshot),
+        dequeued_at: Iso(dequeued_at),
+        completed_waitpoints: completed_waitpoints(&d.snapshot),
+        background_worker: BackgroundWorker {
+            id: &d.worker.id,
+            friendly_id: &d.worker.id,
+            version: &d.worker.version,
+        },
+        deployment: Empty {},
+        run: DequeuedRun {
+            id: &d.run.id,
+            friendly_id: &d.run.id,
+            is_test: d.run.is_test,
+            machine: machine(d.machine),
+            attempt_number: d.run.attempt_number,
+            master_queue: &d.run.queue,
+            trace_context: trace_context(&d.run),
+        },
+        environment: EnvironmentRef { id: &caller.env.id, kind: caller.env.kind.as_str() },
+        organization: Id { id: &caller.org.id },
+        project: Id { id: &caller.project.id },
+        attempt,
+    }
 }
 
 /// Run metadata as a JSON object, if it is one.
@@ -240,79 +404,154 @@ pub fn packet_value(p: &Packet) -> Option<Value> {
 }
 
 /// `TaskRunExecution`.
-pub fn task_run_execution(a: &StartedAttempt, caller: &EnvCaller) -> Value {
+#[derive(Debug, Serialize)]
+pub struct TaskRunExecution<'a> {
+    attempt: ExecutionAttempt,
+    run: ExecutionRun<'a>,
+    task: ExecutionTask<'a>,
+    queue: QueueRef<'a>,
+    environment: ExecutionEnvironment<'a>,
+    organization: ExecutionOrganization<'a>,
+    project: ExecutionProject<'a>,
+    machine: Machine,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch: Option<Id<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionAttempt {
+    number: u32,
+    started_at: Iso,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionRun<'a> {
+    id: &'a str,
+    payload: &'a str,
+    payload_type: &'a str,
+    tags: &'a [String],
+    is_test: bool,
+    created_at: Iso,
+    started_at: Iso,
+    base_cost_in_cents: u32,
+    cost_in_cents: u32,
+    duration_ms: u64,
+    trace_context: TraceContext,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_attempts: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_duration: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    priority: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_task_run_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    root_task_run_id: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionTask<'a> {
+    id: &'a str,
+    file_path: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    export_name: Option<&'a str>,
+}
+
+/// A queue: `{ id, name }`.
+#[derive(Debug, Serialize)]
+pub struct QueueRef<'a> {
+    id: &'a str,
+    name: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExecutionEnvironment<'a> {
+    id: &'a str,
+    slug: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExecutionOrganization<'a> {
+    id: &'a str,
+    slug: &'a str,
+    name: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExecutionProject<'a> {
+    id: &'a str,
+    #[serde(rename = "ref")]
+    external_ref: &'a str,
+    slug: &'a str,
+    name: &'a str,
+}
+
+pub fn task_run_execution<'a>(a: &'a StartedAttempt, caller: &'a EnvCaller) -> TaskRunExecution<'a> {
     let run = &a.run;
-    let mut r = json!({
-        "id": run.id,
-        "payload": a.payload.data.clone().unwrap_or_default(),
-        "payloadType": if a.payload.data_type.is_empty() { "application/json" } else { a.payload.data_type.as_str() },
-        "tags": run.tags,
-        "isTest": run.is_test,
-        "createdAt": iso(run.created_at),
-        "startedAt": iso(run.started_at.unwrap_or(a.snapshot.created_at)),
-        "baseCostInCents": 0,
-        "costInCents": 0,
-        "durationMs": run.usage_ms,
-        "traceContext": trace_context(run),
-    });
-    let o = r.as_object_mut().expect("object literal");
-    if let Some(k) = &run.idempotency_key {
-        o.insert("idempotencyKey".into(), json!(k));
-    }
-    if let Some(n) = run.max_attempts.or(run.retry.as_ref().map(|r| r.max_attempts)) {
-        o.insert("maxAttempts".into(), json!(n));
-    }
-    if let Some(w) = &a.worker {
-        o.insert("version".into(), json!(w.version));
-    }
-    if let Some(m) = metadata_object(run) {
-        o.insert("metadata".into(), m);
-    }
-    if let Some(d) = run.max_duration_secs.or(a.task.as_ref().and_then(|t| t.max_duration_secs)) {
-        o.insert("maxDuration".into(), json!(d));
-    }
-    if run.priority_ms != 0 {
-        o.insert("priority".into(), json!(run.priority_ms as f64 / 1000.0));
-    }
-    if let Some(p) = &run.parent_run_id {
-        o.insert("parentTaskRunId".into(), json!(p));
-    }
-    if let Some(p) = &run.root_run_id {
-        o.insert("rootTaskRunId".into(), json!(p));
-    }
-    let machine = run.machine.or(a.task.as_ref().and_then(|t| t.machine)).unwrap_or_default();
-    let mut execution = json!({
-        "attempt": { "number": run.attempt_number, "startedAt": iso(a.snapshot.created_at) },
-        "run": r,
-        "task": {
-            "id": run.task,
-            "filePath": a.task.as_ref().map(|t| t.file_path.clone()).unwrap_or_default(),
+    let task = a.task.as_ref();
+    let data_type = a.payload.data_type.as_str();
+    TaskRunExecution {
+        attempt: ExecutionAttempt { number: run.attempt_number, started_at: Iso(a.snapshot.created_at) },
+        run: ExecutionRun {
+            id: &run.id,
+            payload: a.payload.data.as_deref().unwrap_or_default(),
+            payload_type: if data_type.is_empty() { "application/json" } else { data_type },
+            tags: &run.tags,
+            is_test: run.is_test,
+            created_at: Iso(run.created_at),
+            started_at: Iso(run.started_at.unwrap_or(a.snapshot.created_at)),
+            base_cost_in_cents: 0,
+            cost_in_cents: 0,
+            duration_ms: run.usage_ms,
+            trace_context: trace_context(run),
+            idempotency_key: run.idempotency_key.as_deref(),
+            max_attempts: run.max_attempts.or(run.retry.as_ref().map(|r| r.max_attempts)),
+            version: a.worker.as_ref().map(|w| w.version.as_str()),
+            metadata: metadata_object(run),
+            max_duration: run.max_duration_secs.or(task.and_then(|t| t.max_duration_secs)),
+            priority: (run.priority_ms != 0).then(|| run.priority_ms as f64 / 1000.0),
+            parent_task_run_id: run.parent_run_id.as_deref(),
+            root_task_run_id: run.root_run_id.as_deref(),
         },
-        "queue": {
-            "id": a.queue.as_ref().map(|q| q.id.clone()).unwrap_or_else(|| run.queue.clone()),
-            "name": run.queue,
+        task: ExecutionTask {
+            id: &run.task,
+            file_path: task.map(|t| t.file_path.as_str()).unwrap_or_default(),
+            export_name: task.and_then(|t| t.export_name.as_deref()),
         },
-        "environment": {
-            "id": caller.env.id,
-            "slug": caller.env.kind.slug(),
-            "type": caller.env.kind.as_str(),
+        queue: QueueRef {
+            id: a.queue.as_ref().map_or(run.queue.as_str(), |q| q.id.as_str()),
+            name: &run.queue,
         },
-        "organization": { "id": caller.org.id, "slug": caller.org.slug, "name": caller.org.title },
-        "project": {
-            "id": caller.project.id,
-            "ref": caller.project.external_ref,
-            "slug": caller.project.slug,
-            "name": caller.project.name,
+        environment: ExecutionEnvironment {
+            id: &caller.env.id,
+            slug: caller.env.kind.slug(),
+            kind: caller.env.kind.as_str(),
         },
-        "machine": machine.to_json(),
-    });
-    if let Some(export) = a.task.as_ref().and_then(|t| t.export_name.clone()) {
-        execution["task"]["exportName"] = json!(export);
+        organization: ExecutionOrganization {
+            id: &caller.org.id,
+            slug: &caller.org.slug,
+            name: &caller.org.title,
+        },
+        project: ExecutionProject {
+            id: &caller.project.id,
+            external_ref: &caller.project.external_ref,
+            slug: &caller.project.slug,
+            name: &caller.project.name,
+        },
+        machine: machine(run.machine.or(task.and_then(|t| t.machine)).unwrap_or_default()),
+        batch: run.batch_id.as_deref().map(|id| Id { id }),
     }
-    if let Some(batch) = &run.batch_id {
-        execution["batch"] = json!({ "id": batch });
-    }
-    execution
 }
 
 /// `SerializedError`.

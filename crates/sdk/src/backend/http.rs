@@ -755,7 +755,7 @@ impl Backend for Http {
                     Replay::Never,
                 )
                 .await?;
-            let messages = v["dequeuedMessages"].as_array().cloned().unwrap_or_default();
+            let messages = v["dequeuedMessages"].as_array().map(Vec::as_slice).unwrap_or_default();
             Ok(messages
                 .iter()
                 .map(|m| {

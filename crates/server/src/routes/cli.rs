@@ -3,7 +3,7 @@
 
 use axum::extract::{Path, State};
 use axum::Json as JsonResponse;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use trigger_engine::{
     ApiKeyKind, EnvironmentType, MachinePreset, QueueManifest, RetryOptions, TaskManifest, WorkerManifest,
@@ -94,13 +94,24 @@ pub async fn envvars(
 
 /// What task processes need to reach this server. The 4.8 CLI builds a run's environment
 /// from the `envVars` of the attempt-start response, so they are sent there too.
-pub(crate) fn dev_env_vars(state: &AppState) -> Value {
+pub(crate) fn dev_env_vars(state: &AppState) -> DevEnvVars {
     let base = state.base_url();
-    json!({
-        "TRIGGER_API_URL": base,
-        "TRIGGER_STREAM_URL": base,
-        "TRIGGER_OTEL_EXPORTER_OTLP_ENDPOINT": format!("{base}/otel"),
-    })
+    DevEnvVars {
+        api_url: base.to_string(),
+        stream_url: base.to_string(),
+        otlp_endpoint: format!("{base}/otel"),
+    }
+}
+
+/// The variables [`dev_env_vars`] gives task processes.
+#[derive(Debug, Serialize)]
+pub(crate) struct DevEnvVars {
+    #[serde(rename = "TRIGGER_API_URL")]
+    api_url: String,
+    #[serde(rename = "TRIGGER_STREAM_URL")]
+    stream_url: String,
+    #[serde(rename = "TRIGGER_OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: String,
 }
 
 /// `CreateBackgroundWorkerRequestBody` (the fields the engine uses).

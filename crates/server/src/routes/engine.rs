@@ -7,9 +7,10 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use axum::Json as JsonResponse;
 use futures_util::stream::{self, Stream};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 use trigger_engine::{
@@ -19,6 +20,7 @@ use trigger_engine::{
 use crate::auth::EnvCaller;
 use crate::error::{Error, Result};
 use crate::extract::{OptionalWorkerJson, QueryPairs, WorkerJson};
+use crate::routes::cli::DevEnvVars;
 use crate::wire;
 use crate::AppState;
 
@@ -150,7 +152,7 @@ pub async fn dequeue(
     caller: EnvCaller,
     headers: HeaderMap,
     OptionalWorkerJson(body): OptionalWorkerJson<DequeueBody>,
-) -> Result<JsonResponse<Value>> {
+) -> Result<Response> {
     let body = body.unwrap_or_default();
     let instance = headers
         .get("x-trigger-worker-instance")
@@ -172,27 +174,44 @@ pub async fn dequeue(
         _ = shutdown.wait_for(|v| *v) => Vec::new(),
     };
     let now = state.engine().now();
-    let messages: Vec<Value> = claimed
+    let env_vars = crate::routes::cli::dev_env_vars(&state);
+    let messages: Vec<_> = claimed
         .iter()
         .map(|d| {
-            let mut message = wire::dequeued_message(d, &caller, now);
-            if let Some(started) = &d.started {
-                message["attempt"] = started_attempt(&state, started, &caller);
-            }
-            message
+            let attempt = d.started.as_ref().map(|started| started_attempt(started, &caller, &env_vars));
+            wire::dequeued_message(d, &caller, now, attempt)
         })
         .collect();
-    Ok(JsonResponse(json!({ "dequeuedMessages": messages })))
+    Ok(JsonResponse(DequeueAnswer { dequeued_messages: messages }).into_response())
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DequeueAnswer<'a, A> {
+    dequeued_messages: Vec<wire::DequeuedMessage<'a, A>>,
 }
 
 /// The answer to an attempt start (`StartRunAttemptResult`).
-fn started_attempt(state: &AppState, started: &StartedAttempt, caller: &EnvCaller) -> Value {
-    json!({
-        "snapshot": wire::snapshot(&started.snapshot),
-        "run": wire::run_meta(&started.run),
-        "execution": wire::task_run_execution(started, caller),
-        "envVars": crate::routes::cli::dev_env_vars(state),
-    })
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StartedAttemptJson<'a> {
+    snapshot: wire::SnapshotJson<'a>,
+    run: wire::RunMeta<'a>,
+    execution: wire::TaskRunExecution<'a>,
+    env_vars: &'a DevEnvVars,
+}
+
+fn started_attempt<'a>(
+    started: &'a StartedAttempt,
+    caller: &'a EnvCaller,
+    env_vars: &'a DevEnvVars,
+) -> StartedAttemptJson<'a> {
+    StartedAttemptJson {
+        snapshot: wire::snapshot(&started.snapshot),
+        run: wire::run_meta(&started.run),
+        execution: wire::task_run_execution(started, caller),
+        env_vars,
+    }
 }
 
 pub async fn start_attempt(
@@ -200,9 +219,10 @@ pub async fn start_attempt(
     caller: EnvCaller,
     Path((run_id, snapshot_id)): Path<(String, String)>,
     OptionalWorkerJson(_body): OptionalWorkerJson<Value>,
-) -> Result<JsonResponse<Value>> {
+) -> Result<Response> {
     let started = state.engine().start_attempt(&caller.env.id, &run_id, &snapshot_id).await?;
-    Ok(JsonResponse(started_attempt(&state, &started, &caller)))
+    let env_vars = crate::routes::cli::dev_env_vars(&state);
+    Ok(JsonResponse(started_attempt(&started, &caller, &env_vars)).into_response())
 }
 
 /// `TaskRunExecutionResult`.
@@ -312,17 +332,30 @@ pub async fn complete_attempt(
     caller: EnvCaller,
     Path((run_id, snapshot_id)): Path<(String, String)>,
     WorkerJson(body): WorkerJson<CompleteBody>,
-) -> Result<JsonResponse<Value>> {
+) -> Result<Response> {
     let (completion, metadata) = completion(body.completion)?;
     let outcome =
         state.engine().complete_attempt(&caller.env.id, &run_id, &snapshot_id, completion, metadata).await?;
-    Ok(JsonResponse(json!({
-        "result": {
-            "attemptStatus": outcome.status.as_str(),
-            "snapshot": wire::snapshot(&outcome.snapshot),
-            "run": wire::run_meta(&outcome.run),
-        }
-    })))
+    let result = CompletionResult {
+        attempt_status: outcome.status.as_str(),
+        snapshot: wire::snapshot(&outcome.snapshot),
+        run: wire::run_meta(&outcome.run),
+    };
+    Ok(JsonResponse(CompletionAnswer { result }).into_response())
+}
+
+/// `CompleteRunAttemptResult`.
+#[derive(Serialize)]
+struct CompletionAnswer<'a> {
+    result: CompletionResult<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CompletionResult<'a> {
+    attempt_status: &'static str,
+    snapshot: wire::SnapshotJson<'a>,
+    run: wire::RunMeta<'a>,
 }
 
 pub async fn heartbeat(
@@ -350,20 +383,30 @@ pub async fn latest_snapshot(
     State(state): State<AppState>,
     caller: EnvCaller,
     Path(run_id): Path<String>,
-) -> Result<JsonResponse<Value>> {
+) -> Result<Response> {
     let (run, snapshot) = state.engine().latest_snapshot(&caller.env.id, &run_id).await?;
-    Ok(JsonResponse(json!({ "execution": wire::execution_data(&run, &snapshot) })))
+    Ok(JsonResponse(LatestSnapshot { execution: wire::execution_data(&run, &snapshot) }).into_response())
 }
 
 pub async fn snapshots_since(
     State(state): State<AppState>,
     caller: EnvCaller,
     Path((run_id, snapshot_id)): Path<(String, String)>,
-) -> Result<JsonResponse<Value>> {
+) -> Result<Response> {
     let (run, _) = state.engine().latest_snapshot(&caller.env.id, &run_id).await?;
     let snapshots = state.engine().snapshots_since(&caller.env.id, &run_id, Some(&snapshot_id)).await?;
-    let data: Vec<Value> = snapshots.iter().map(|s| wire::execution_data(&run, s)).collect();
-    Ok(JsonResponse(json!({ "snapshots": data })))
+    let snapshots = snapshots.iter().map(|s| wire::execution_data(&run, s)).collect();
+    Ok(JsonResponse(SnapshotsSince { snapshots }).into_response())
+}
+
+#[derive(Serialize)]
+struct LatestSnapshot<'a> {
+    execution: wire::ExecutionData<'a>,
+}
+
+#[derive(Serialize)]
+struct SnapshotsSince<'a> {
+    snapshots: Vec<wire::ExecutionData<'a>>,
 }
 
 /// The CLI's debug lines: logged here at debug level, not stored.
