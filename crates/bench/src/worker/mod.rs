@@ -226,7 +226,38 @@ impl Worker {
 /// dispatched by run id (one receiver per waiting run would wake every waiter on every change).
 #[derive(Clone, Default)]
 struct Waiters {
-    runs: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+    runs: Arc<Mutex<HashMap<String, Arc<Waiter>>>>,
+}
+
+/// One waiting run: woken on each change, with the last change it heard (as the SDK's
+/// worker does, a run continues on the snapshot the change feed names, without reading it).
+#[derive(Default)]
+struct Waiter {
+    wake: Notify,
+    heard: Mutex<Heard>,
+}
+
+#[derive(Default)]
+enum Heard {
+    #[default]
+    Nothing,
+    Change {
+        snapshot: String,
+        status: ExecutionStatus,
+    },
+    /// Changes were missed (a resync or a lagging receiver): read the run.
+    Missed,
+}
+
+impl Waiter {
+    fn hear(&self, heard: Heard) {
+        *lock(&self.heard) = heard;
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> Heard {
+        std::mem::take(&mut *lock(&self.heard))
+    }
 }
 
 impl Waiters {
@@ -241,13 +272,13 @@ impl Waiters {
                     let runs = lock(&runs);
                     match change {
                         Ok(c) if !c.run_id.is_empty() => {
-                            if let Some(n) = runs.get(&c.run_id) {
-                                n.notify_one();
+                            if let Some(w) = runs.get(&c.run_id) {
+                                w.hear(Heard::Change { snapshot: c.snapshot_id, status: c.execution_status });
                             }
                         }
                         // A missed change or a resync: every waiter re-reads its snapshot.
                         Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                            runs.values().for_each(|n| n.notify_one())
+                            runs.values().for_each(|w| w.hear(Heard::Missed))
                         }
                         Err(broadcast::error::RecvError::Closed) => return,
                     }
@@ -257,7 +288,7 @@ impl Waiters {
         waiters
     }
 
-    fn register(&self, run: &str) -> Arc<Notify> {
+    fn register(&self, run: &str) -> Arc<Waiter> {
         lock(&self.runs).entry(run.to_string()).or_default().clone()
     }
 
@@ -355,7 +386,7 @@ impl Run {
             Behavior::NoOp => {}
             Behavior::Sleep(d) => tokio::time::sleep(d).await,
             Behavior::WaitOnToken | Behavior::FanOut(_) => {
-                let wake = self.waiters.register(&run_id);
+                let waiter = self.waiters.register(&run_id);
                 let blocked = match behavior {
                     Behavior::WaitOnToken => {
                         match checked("create token", backend.create_token(TokenOptions::default()).await) {
@@ -377,7 +408,32 @@ impl Run {
                     self.in_flight.fetch_sub(1, Ordering::SeqCst);
                     self.freed.notify_one();
                     counted = false;
+                    let mut read = false;
                     loop {
+                        if !read {
+                            match waiter.take() {
+                                Heard::Change { snapshot: s, status: ExecutionStatus::Executing }
+                                    if s != snapshot =>
+                                {
+                                    snapshot = s;
+                                    break;
+                                }
+                                Heard::Change { status: ExecutionStatus::Finished, .. } => {
+                                    self.waiters.forget(&run_id);
+                                    return false;
+                                }
+                                Heard::Missed => read = true,
+                                _ => {}
+                            }
+                        }
+                        if !read {
+                            // Pushed changes wake the run; the timeout only covers a lost push.
+                            read = tokio::time::timeout(Duration::from_secs(60), waiter.wake.notified())
+                                .await
+                                .is_err();
+                            continue;
+                        }
+                        read = false;
                         match backend.latest_snapshot(&run_id).await {
                             Ok((_, s))
                                 if s.execution_status == ExecutionStatus::Executing && s.id != snapshot =>
@@ -396,8 +452,6 @@ impl Run {
                                 return false;
                             }
                         }
-                        // Pushed changes wake the run; the timeout only covers a lost push.
-                        let _ = tokio::time::timeout(Duration::from_secs(60), wake.notified()).await;
                     }
                     self.observed.on_waiting(-1);
                     self.observed.on_executing(1);
