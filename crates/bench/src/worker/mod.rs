@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{broadcast, mpsc, watch, Notify};
 use trigger_engine::*;
 use trigger_sdk::backend::{Backend, SharedBackend};
@@ -297,6 +298,11 @@ impl Waiters {
     }
 }
 
+/// Claims a worker keeps in flight at once.
+const CLAIMS_IN_FLIGHT: usize = 2;
+/// The most runs the server hands out per claim (`POST /engine/v1/dev/dequeue`).
+const MAX_RUNS_PER_CLAIM: u32 = 100;
+
 async fn run(
     backend: SharedBackend,
     behaviors: Arc<HashMap<String, Behavior>>,
@@ -308,24 +314,31 @@ async fn run(
     let in_flight = Arc::new(AtomicU32::new(0));
     let freed = Arc::new(Notify::new());
     let instance = format!("bench-worker-{}", std::process::id());
+    // Claims in flight, each with the slots it asked for: a second claim is sent while the
+    // first is answered, so the worker's CPU, the server's and the engine's writer work at
+    // once instead of in turn.
+    let mut claims = FuturesUnordered::new();
+    let mut reserved = 0u32;
     loop {
         if *stopped.borrow() {
             return;
         }
-        let free = capacity.saturating_sub(in_flight.load(Ordering::SeqCst));
-        if free == 0 {
-            tokio::select! {
-                _ = freed.notified() => continue,
-                _ = stopped.changed() => return,
-            }
+        let free = capacity.saturating_sub(in_flight.load(Ordering::SeqCst) + reserved);
+        if free > 0 && claims.len() < CLAIMS_IN_FLIGHT {
+            let n = free.min(MAX_RUNS_PER_CLAIM);
+            reserved += n;
+            // As the SDK's worker does: each claimed run's attempt starts with the claim.
+            let request = DequeueRequest { start_attempts: true, ..DequeueRequest::new(instance.clone(), n) };
+            let backend = backend.clone();
+            claims.push(async move { (n, backend.dequeue(request, Duration::from_secs(1)).await) });
+            continue;
         }
-        // As the SDK's worker does: each claimed run's attempt starts with the claim.
-        let request =
-            DequeueRequest { start_attempts: true, ..DequeueRequest::new(instance.clone(), free.min(200)) };
-        let claimed = tokio::select! {
-            r = backend.dequeue(request, Duration::from_secs(1)) => r,
+        let (asked, claimed) = tokio::select! {
+            Some(answer) = claims.next(), if !claims.is_empty() => answer,
+            _ = freed.notified() => continue,
             _ = stopped.changed() => return,
         };
+        reserved -= asked;
         let claimed = match claimed {
             Ok(c) => c,
             Err(_) => {
