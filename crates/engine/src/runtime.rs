@@ -47,6 +47,11 @@ pub(crate) trait Command: Send {
     fn abandoned(&self) -> bool {
         false
     }
+    /// A claim whose last application left nothing claimable in its environment: other
+    /// claims there need not be applied again in the same transaction.
+    fn drained(&self) -> bool {
+        false
+    }
 }
 
 /// How applying a command went.
@@ -126,6 +131,8 @@ struct WaitingClaim {
     id: u64,
     request: DequeueRequest,
     result: Option<Result<Vec<Dequeued>>>,
+    /// The last application left nothing claimable in the environment.
+    drained: bool,
     reply: oneshot::Sender<Result<Vec<Dequeued>>>,
 }
 
@@ -135,7 +142,9 @@ impl Command for WaitingClaim {
     }
 
     fn apply(&mut self, txn: &mut Txn<'_>) -> Applied {
-        let result = dequeue::dequeue(txn, &self.env_id, &self.request);
+        let result = dequeue::claim(txn, &self.env_id, &self.request);
+        self.drained = result.as_ref().is_ok_and(|c| c.drained);
+        let result = result.map(|c| c.runs);
         let applied = Applied::of(&result);
         self.result = Some(result);
         applied
@@ -154,6 +163,10 @@ impl Command for WaitingClaim {
 
     fn abandoned(&self) -> bool {
         self.reply.is_closed()
+    }
+
+    fn drained(&self) -> bool {
+        self.drained
     }
 }
 
@@ -308,7 +321,8 @@ impl Writer {
         request: DequeueRequest,
     ) -> Result<oneshot::Receiver<Result<Vec<Dequeued>>>> {
         let (reply, receiver) = oneshot::channel();
-        let claim = WaitingClaim { env_id: env_id.to_string(), id, request, result: None, reply };
+        let claim =
+            WaitingClaim { env_id: env_id.to_string(), id, request, result: None, drained: false, reply };
         self.send(Message::Run(Box::new(claim)))?;
         Ok(receiver)
     }
@@ -486,16 +500,31 @@ fn run_batch(
         .collect();
     if !woken.is_empty() {
         let wakes = |env_id: &str| woken.contains("") || woken.contains(env_id);
+        // Environments a claim just drained: the claims after it there would find nothing,
+        // so they stay as they are (parked again after the commit) without a query.
+        let mut drained: HashSet<String> = HashSet::new();
+        let mut apply_claim = |claim: &mut dyn Command, tx: &mut dyn crate::storage::Tx| {
+            let Some((env_id, _)) = claim.waiting() else { return Ok(true) };
+            if drained.contains(env_id) {
+                return Ok(true);
+            }
+            let env_id = env_id.to_string();
+            let applied = apply(tx, claim, now, config, effects, careful)?;
+            if claim.drained() {
+                drained.insert(env_id);
+            }
+            Ok(applied)
+        };
         for command in batch.iter_mut() {
             if command.waiting().is_some_and(|(env_id, _)| wakes(env_id))
-                && !apply(tx.as_mut(), command.as_mut(), now, config, effects, careful)?
+                && !apply_claim(command.as_mut(), tx.as_mut())?
             {
                 return Ok(false);
             }
         }
         for env_id in &woken {
             for mut claim in parked.take(env_id) {
-                let applied = apply(tx.as_mut(), claim.as_mut(), now, config, effects, careful);
+                let applied = apply_claim(claim.as_mut(), tx.as_mut());
                 batch.push(claim);
                 if !applied? {
                     return Ok(false);

@@ -129,4 +129,28 @@ async fn claims_waiting_together_share_the_work_and_the_rest_wait_on() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].run.id, third.id);
 }
+
+async fn a_claim_that_passes_work_over_for_its_own_reasons_leaves_it_to_the_next() {
+    let (h, begun) = counted_harness().await;
+    let (answers, mut answered) = tokio::sync::mpsc::unbounded_channel();
+    // The first claim's worker has too little cpu for a small-1x run; the second has room.
+    for cpu in [Some(0.25), None] {
+        let (engine, env, answers) = (h.engine.clone(), h.env.id.clone(), answers.clone());
+        let request = DequeueRequest { cpu, ..DequeueRequest::new("w", 10) };
+        tokio::spawn(async move {
+            let claimed = engine.dequeue_wait(&env, request, Duration::from_secs(60)).await.unwrap();
+            let _ = answers.send((cpu, claimed));
+        });
+        let before = begun.load(Ordering::SeqCst);
+        until_begun(&begun, before + 1).await;
+    }
+    h.engine.env_running(&h.env.id).await.unwrap();
+    let before_trigger = begun.load(Ordering::SeqCst);
+    let run = h.trigger("t").await;
+    let (cpu, claimed) = answered.recv().await.unwrap();
+    assert_eq!(cpu, None, "the claim with room took the run");
+    assert_eq!(claimed.iter().map(|d| d.run.id.as_str()).collect::<Vec<_>>(), [run.id.as_str()]);
+    assert_eq!(begun.load(Ordering::SeqCst) - before_trigger, 1, "in the trigger's transaction");
+    assert!(answered.try_recv().is_err(), "the small claim waits on");
+}
 }

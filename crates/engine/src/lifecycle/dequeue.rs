@@ -45,22 +45,38 @@ pub struct Dequeued {
     pub started: Option<StartedAttempt>,
 }
 
+/// What a claim got.
+#[derive(Debug, Default)]
+pub(crate) struct Claimed {
+    pub runs: Vec<Dequeued>,
+    /// The claim left nothing any worker could claim in the environment now: it took all it
+    /// could see, and nothing was passed over for reasons of this worker's own (its version,
+    /// its tasks, its cpu or memory). Another claim in the same transaction would find
+    /// nothing.
+    pub drained: bool,
+}
+
 /// Claims runs for a worker. Each run is claimed once: it leaves the queue, takes a slot
 /// and gets a `PENDING_EXECUTING` snapshot with a lease in the same transaction (or, when
 /// the claim starts the attempts, goes straight on to `EXECUTING`).
 pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> Result<Vec<Dequeued>> {
+    Ok(claim(txn, env_id, req)?.runs)
+}
+
+/// [`dequeue`], telling also whether the claim drained the environment.
+pub(crate) fn claim(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> Result<Claimed> {
     let env = registry::environment(txn, env_id)?;
     if env.paused || req.max_runs == 0 {
-        return Ok(Vec::new());
+        return Ok(Claimed::default());
     }
     let worker = match &req.worker_id {
         Some(id) => match txn.tx.get_worker(id)? {
             Some(w) if w.env_id == env_id => w,
-            _ => return Ok(Vec::new()),
+            _ => return Ok(Claimed::default()),
         },
         None => match txn.tx.latest_worker(env_id)? {
             Some(w) => w,
-            None => return Ok(Vec::new()),
+            None => return Ok(Claimed::default()),
         },
     };
     let tasks = txn.tx.list_tasks(env_id, &worker.id)?;
@@ -71,10 +87,17 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
     let mut to_start: Vec<(Run, TaskDef, MachinePreset)> = Vec::new();
     let (mut cpu, mut memory) = (req.cpu.unwrap_or(f64::INFINITY), req.memory.unwrap_or(f64::INFINITY));
     let mut blocked: HashSet<(String, String)> = HashSet::new();
+    // Set when the claim stops with nothing left for anyone: the environment is full, or a
+    // round saw every claimable subqueue and left nothing behind.
+    let mut drained = false;
     // A few rounds, while a round may have left claimable work it did not see.
     for _ in 0..4 {
         let (env_limit, env_running) = queue::env_capacity(txn, env_id)?;
-        if env_running >= env_limit || claimed_count(&out, &to_start) >= req.max_runs {
+        if env_running >= env_limit {
+            drained = true;
+            break;
+        }
+        if claimed_count(&out, &to_start) >= req.max_runs {
             break;
         }
         let subs = txn.tx.claimable_subqueues(env_id, env_limit, CLAIMABLE_PER_ROUND)?;
@@ -166,6 +189,9 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
             }
         }
         if !again {
+            // Every claimable subqueue was seen. What is left there is behind a full
+            // subqueue or environment (nobody's to claim), unless this worker passed it over.
+            drained = blocked.is_empty() && claimed_count(&out, &to_start) < req.max_runs;
             break;
         }
     }
@@ -187,7 +213,7 @@ pub(crate) fn dequeue(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> 
             });
         }
     }
-    Ok(out)
+    Ok(Claimed { runs: out, drained })
 }
 
 fn claimed_count(out: &[Dequeued], to_start: &[(Run, TaskDef, MachinePreset)]) -> u32 {
