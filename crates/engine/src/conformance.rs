@@ -1060,8 +1060,8 @@ pub fn queues_and_concurrency<S: Store>(mut store: S) {
     ok(tx.commit());
 }
 
-/// `dequeue_entries` and `acquire_many`: a claim of several runs counts like one call per
-/// run, across subqueues, ignoring runs not queued and slots already held.
+/// `dequeue_entries`, `acquire_many` and `acquire_claimed`: a claim of several runs counts
+/// like one call per run, across subqueues, ignoring runs not queued and slots already held.
 pub fn claims_in_bulk<S: Store>(mut store: S) {
     const ENV: &str = "env_bulk";
     let mut tx = ok(store.begin());
@@ -1091,7 +1091,16 @@ pub fn claims_in_bulk<S: Store>(mut store: S) {
     assert_eq!((fresh.running, fresh.limit, fresh.head_score), (1, Some(10), None));
     assert_eq!(ok(tx.env_running(ENV)), 4);
     assert_eq!(ok(tx.acquire_many(&[])), 0);
-    for run in ["run_0", "run_1", "run_3", "run_9"] {
+    // A claim's runs take their slots the same way, whether or not the answer is awaited;
+    // the transaction's next reads see them.
+    ok(tx.dequeue_entries(&["run_2"]));
+    ok(tx.acquire_claimed(&[holder("run_2", ENV, "qa", "a"), holder("run_4", ENV, "qa", "b")]));
+    assert_eq!(counts(&mut *tx, ENV, "qa", "a"), (0, 3));
+    assert_eq!(counts(&mut *tx, ENV, "qa", "b"), (1, 2));
+    assert_eq!(ok(tx.env_running(ENV)), 6);
+    assert!(ok(tx.get_holder("run_4")).is_some());
+    ok(tx.acquire_claimed(&[]));
+    for run in ["run_0", "run_1", "run_2", "run_3", "run_4", "run_9"] {
         assert!(ok(tx.release(run)), "{run}");
     }
     assert_eq!(ok(tx.env_running(ENV)), 0);

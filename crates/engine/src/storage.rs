@@ -312,6 +312,12 @@ pub trait Tx {
         }
         Ok(taken)
     }
+    /// [`Tx::acquire_many`] for the runs a claim just took off the queue, which hold no slot
+    /// (queued runs never do): nobody needs the count, so a backend may send it without
+    /// waiting for the answer.
+    fn acquire_claimed(&mut self, holders: &[Holder]) -> StorageResult<()> {
+        self.acquire_many(holders).map(drop)
+    }
     /// Frees a run's slot and decrements the counts. Returns false when it held none.
     fn release(&mut self, run_id: &str) -> StorageResult<bool>;
     /// [`Tx::release`], and when a slot was freed, the first ready entry of the subqueue

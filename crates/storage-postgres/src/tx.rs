@@ -42,6 +42,33 @@ use crate::store::{Param, Session};
 /// Page size when [`Page::size`] is 0.
 const DEFAULT_PAGE_SIZE: u32 = 25;
 
+/// Slots for several runs ([`holder_columns`]), as `acquire` takes one: the environment
+/// rows change before the subqueue rows. Answers how many were taken.
+const ACQUIRE_MANY: &str = "WITH h AS (INSERT INTO holders (run_id, env_id, queue, ck)
+                        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+                        ON CONFLICT (run_id) DO NOTHING RETURNING env_id, queue, ck),
+                  e AS (INSERT INTO env_running (env_id, running)
+                        SELECT env_id, count(*)::integer FROM h GROUP BY env_id
+                        ON CONFLICT (env_id) DO UPDATE SET running = env_running.running + excluded.running
+                        RETURNING 1),
+                  s AS (INSERT INTO subqueues (env_id, queue, ck, ready_count, running, lim, paused)
+                        SELECT h.env_id, h.queue, h.ck, 0, count(*)::integer,
+                               (SELECT lim FROM queues WHERE env_id = h.env_id AND name = h.queue),
+                               coalesce((SELECT paused FROM queues WHERE env_id = h.env_id AND name = h.queue),
+                                        false)
+                        FROM h WHERE (SELECT count(*) FROM e) > 0
+                        GROUP BY h.env_id, h.queue, h.ck
+                        ON CONFLICT (env_id, queue, ck) DO UPDATE SET running = subqueues.running + excluded.running)
+             SELECT count(*) FROM h";
+
+/// The parameters of [`ACQUIRE_MANY`].
+fn holder_columns(holders: &[Holder]) -> Vec<Param> {
+    let column = |f: fn(&Holder) -> &String| -> Param {
+        Box::new(holders.iter().map(|h| f(h).clone()).collect::<Vec<String>>())
+    };
+    vec![column(|h| &h.run_id), column(|h| &h.env_id), column(|h| &h.queue), column(|h| &h.concurrency_key)]
+}
+
 /// One open transaction on a [`crate::PostgresStore`]'s connection. Dropping it without
 /// [`Tx::commit`] rolls it back.
 pub struct PostgresTx<'s> {
@@ -171,6 +198,21 @@ impl<'s> PostgresTx<'s> {
     fn count_slots(&mut self, env_id: &str, taken: i64) {
         if let Some(n) = self.env_counts.get_mut(env_id) {
             *n = u32::try_from(i64::from(*n) + taken).unwrap_or(0);
+        }
+    }
+
+    /// [`Self::count_slots`] after `taken` of these holders took slots: kept when they are
+    /// all of one environment, forgotten otherwise.
+    fn count_slots_of(&mut self, holders: &[Holder], taken: i64) {
+        match holders.first() {
+            Some(first) if holders.iter().all(|h| h.env_id == first.env_id) => {
+                self.count_slots(&first.env_id, taken)
+            }
+            _ => {
+                for h in holders {
+                    self.env_counts.remove(&h.env_id);
+                }
+            }
         }
     }
 
@@ -1096,8 +1138,8 @@ impl Tx for PostgresTx<'_> {
     }
 
     fn dequeue_entries(&mut self, run_ids: &[&str]) -> StorageResult<()> {
-        if run_ids.len() < 2 {
-            return run_ids.iter().try_for_each(|id| self.dequeue_entry(id).map(drop));
+        if run_ids.is_empty() {
+            return Ok(());
         }
         self.flush_entries()?;
         let ids: Vec<String> = run_ids.iter().map(|id| id.to_string()).collect();
@@ -1217,47 +1259,29 @@ impl Tx for PostgresTx<'_> {
         Ok(n == 1)
     }
 
+    fn acquire_claimed(&mut self, holders: &[Holder]) -> StorageResult<()> {
+        if holders.is_empty() {
+            return Ok(());
+        }
+        self.flush_releases()?;
+        // Sent with the claim's next statement: runs just taken off the queue hold no slot,
+        // so each one takes one.
+        self.defer(ACQUIRE_MANY, holder_columns(holders), None)?;
+        self.count_slots_of(holders, holders.len() as i64);
+        Ok(())
+    }
+
     fn acquire_many(&mut self, holders: &[Holder]) -> StorageResult<u32> {
         if holders.len() < 2 {
             return holders.iter().try_fold(0, |n, h| Ok(n + u32::from(self.acquire(h)?)));
         }
         self.flush_releases()?;
-        let column =
-            |f: fn(&Holder) -> &String| holders.iter().map(|h| f(h).clone()).collect::<Vec<String>>();
-        let (runs, envs, queues, keys) = (
-            column(|h| &h.run_id),
-            column(|h| &h.env_id),
-            column(|h| &h.queue),
-            column(|h| &h.concurrency_key),
-        );
-        // As `acquire`, for all of them: the environment rows change before the subqueue rows.
-        let rows = self.query(
-            "WITH h AS (INSERT INTO holders (run_id, env_id, queue, ck)
-                        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-                        ON CONFLICT (run_id) DO NOTHING RETURNING env_id, queue, ck),
-                  e AS (INSERT INTO env_running (env_id, running)
-                        SELECT env_id, count(*)::integer FROM h GROUP BY env_id
-                        ON CONFLICT (env_id) DO UPDATE SET running = env_running.running + excluded.running
-                        RETURNING 1),
-                  s AS (INSERT INTO subqueues (env_id, queue, ck, ready_count, running, lim, paused)
-                        SELECT h.env_id, h.queue, h.ck, 0, count(*)::integer,
-                               (SELECT lim FROM queues WHERE env_id = h.env_id AND name = h.queue),
-                               coalesce((SELECT paused FROM queues WHERE env_id = h.env_id AND name = h.queue),
-                                        false)
-                        FROM h WHERE (SELECT count(*) FROM e) > 0
-                        GROUP BY h.env_id, h.queue, h.ck
-                        ON CONFLICT (env_id, queue, ck) DO UPDATE SET running = subqueues.running + excluded.running)
-             SELECT count(*) FROM h",
-            &[&runs, &envs, &queues, &keys],
-        )?;
+        let params = holder_columns(holders);
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        let rows = self.query(ACQUIRE_MANY, &refs)?;
         let n: i64 = rows.first().map_or(Ok(0), |r| get(r, 0))?;
-        if holders.iter().all(|h| h.env_id == holders[0].env_id) {
-            self.count_slots(&holders[0].env_id, n);
-        } else {
-            for h in holders {
-                self.env_counts.remove(&h.env_id);
-            }
-        }
+        self.count_slots_of(holders, n);
         Ok(u32::try_from(n).unwrap_or(0))
     }
 

@@ -161,7 +161,7 @@ pub(crate) fn claim(txn: &mut Txn<'_>, env_id: &str, req: &DequeueRequest) -> Re
             let ids: Vec<&str> = claimed.iter().map(|(run, ..)| run.id.as_str()).collect();
             txn.tx.dequeue_entries(&ids)?;
             let holders: Vec<Holder> = claimed.iter().map(|(run, ..)| queue::holder(run)).collect();
-            txn.tx.acquire_many(&holders)?;
+            txn.tx.acquire_claimed(&holders)?;
             for (mut run, task, machine) in claimed {
                 lock_to_task(&mut run, &worker, &task, machine, &req.worker_instance);
                 run.status = RunStatus::Dequeued;
