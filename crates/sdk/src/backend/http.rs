@@ -8,6 +8,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 use tokio::sync::broadcast;
 use trigger_engine::{
@@ -205,15 +206,20 @@ impl Http {
         self.send_as(method, path, body, None, replay).await
     }
 
+    /// POSTs JSON and reads the answer into `T` (the hot worker calls: no `Value` tree).
+    async fn post_typed<T: DeserializeOwned>(&self, path: &str, body: Value, replay: Replay) -> Result<T> {
+        self.send_as(Method::POST, path, Some((body.to_string(), "application/json")), None, replay).await
+    }
+
     /// Sends a request, retrying as the policy and `replay` allow.
-    async fn send_as(
+    async fn send_as<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<(String, &str)>,
         instance: Option<&str>,
         replay: Replay,
-    ) -> Result<Value> {
+    ) -> Result<T> {
         let body = body.map(|(text, content_type)| (Bytes::from(text), content_type.to_string()));
         let key = request_key();
         let policy = &self.inner.retry;
@@ -382,9 +388,13 @@ impl Http {
 const REQUEST_KEY: &str = "x-trigger-request-idempotency-key";
 
 /// A final answer: its JSON, or the error its status means.
-fn answer(path: &str, status: StatusCode, bytes: &[u8], attempts: u32) -> Result<Value> {
+fn answer<T: DeserializeOwned>(path: &str, status: StatusCode, bytes: &[u8], attempts: u32) -> Result<T> {
     if status.is_success() {
-        return Ok(if bytes.is_empty() { Value::Null } else { serde_json::from_slice(bytes)? });
+        return Ok(if bytes.is_empty() {
+            T::deserialize(Value::Null)?
+        } else {
+            serde_json::from_slice(bytes)?
+        });
     }
     let value: Option<Value> = serde_json::from_slice(bytes).ok();
     let message = match value.as_ref().and_then(|v| v.get("error")).and_then(Value::as_str) {
@@ -746,7 +756,7 @@ impl Backend for Http {
             if let (Some(cpu), Some(memory)) = (request.cpu, request.memory) {
                 body["maxResources"] = json!({ "cpu": cpu, "memory": memory });
             }
-            let v = self
+            let answer: wire::DequeueAnswer = self
                 .send_as(
                     Method::POST,
                     "/engine/v1/dev/dequeue",
@@ -755,32 +765,29 @@ impl Backend for Http {
                     Replay::Never,
                 )
                 .await?;
-            let messages = v["dequeuedMessages"].as_array().map(Vec::as_slice).unwrap_or_default();
-            Ok(messages
-                .iter()
+            Ok(answer
+                .dequeued_messages
+                .into_iter()
                 .map(|m| {
-                    let mut run = blank_run(str_of(&m["run"]["id"]), String::new());
-                    run.attempt_number = m["run"]["attemptNumber"].as_u64().unwrap_or(0) as u32;
-                    run.is_test = m["run"]["isTest"].as_bool().unwrap_or(false);
-                    run.queue = str_of(&m["run"]["masterQueue"]);
-                    let machine = m["run"]["machine"]["name"]
-                        .as_str()
-                        .and_then(MachinePreset::parse)
-                        .unwrap_or_default();
+                    let mut run = blank_run(m.run.id, String::new());
+                    run.attempt_number = m.run.attempt_number;
+                    run.is_test = m.run.is_test;
+                    run.queue = m.run.master_queue;
+                    let machine = m.run.machine.preset().unwrap_or_default();
                     run.machine = Some(machine);
-                    let snap = snapshot(&run, &m["snapshot"], &m["completedWaitpoints"]);
+                    let snap = snapshot(&run, &m.snapshot, &m.completed_waitpoints);
                     run.snapshot_id = snap.id.clone();
                     let worker = WorkerVersion {
-                        id: str_of(&m["backgroundWorker"]["id"]),
+                        id: m.background_worker.id,
                         env_id: String::new(),
-                        version: str_of(&m["backgroundWorker"]["version"]),
+                        version: m.background_worker.version,
                         content_hash: String::new(),
                         sdk_version: None,
                         cli_version: None,
                         created_at: 0,
                     };
                     let task = task_def(&run, &worker);
-                    let started = m.get("attempt").filter(|a| a.is_object()).map(|a| self.started_attempt(a));
+                    let started = m.attempt.map(|a| self.started_attempt(a));
                     Dequeued { run, snapshot: snap, worker, task, machine, started }
                 })
                 .collect())
@@ -794,8 +801,8 @@ impl Backend for Http {
             path_id(snapshot_id)
         );
         Box::pin(async move {
-            let v = self.post(&path, json!({}), Replay::Fenced).await?;
-            Ok(self.started_attempt(&v))
+            let started: wire::StartedIn = self.post_typed(&path, json!({}), Replay::Fenced).await?;
+            Ok(self.started_attempt(started))
         })
     }
 
@@ -1199,51 +1206,48 @@ impl Backend for Http {
 impl Http {
     /// Decodes the answer to an attempt start (`StartRunAttemptResult`), also carried by a
     /// dequeued message as `attempt` when the claim started it.
-    fn started_attempt(&self, v: &Value) -> StartedAttempt {
-        let e = &v["execution"];
-        let r = &e["run"];
-        let mut run = blank_run(str_of(&r["id"]), str_of(&e["task"]["id"]));
-        run.status = db_status(v["run"]["status"].as_str().unwrap_or(""));
-        run.attempt_number = e["attempt"]["number"].as_u64().unwrap_or(0) as u32;
-        run.tags = serde_json::from_value(r["tags"].clone()).unwrap_or_default();
-        run.is_test = r["isTest"].as_bool().unwrap_or(false);
-        run.idempotency_key = opt_str(&r["idempotencyKey"]);
-        run.max_attempts = r["maxAttempts"].as_u64().map(|n| n as u32);
-        run.max_duration_secs = r["maxDuration"].as_u64().map(|n| n as u32);
-        run.metadata = r.get("metadata").filter(|m| m.is_object()).map(|m| m.to_string());
-        run.parent_run_id = opt_str(&r["parentTaskRunId"]);
-        run.root_run_id = opt_str(&r["rootTaskRunId"]);
-        run.queue = str_of(&e["queue"]["name"]);
-        run.machine = e["machine"]["name"].as_str().and_then(MachinePreset::parse);
-        run.batch_id = opt_str(&e["batch"]["id"]);
-        let snap = snapshot(&run, &v["snapshot"], &Value::Null);
+    fn started_attempt(&self, v: wire::StartedIn) -> StartedAttempt {
+        let e = v.execution;
+        let r = e.run;
+        let mut run = blank_run(r.id, e.task.id);
+        run.status = db_status(&v.run.status);
+        run.attempt_number = e.attempt.number;
+        run.tags = r.tags;
+        run.is_test = r.is_test;
+        run.idempotency_key = r.idempotency_key;
+        run.max_attempts = r.max_attempts;
+        run.max_duration_secs = r.max_duration;
+        run.metadata = r.metadata.filter(Value::is_object).map(|m| m.to_string());
+        run.parent_run_id = r.parent_task_run_id;
+        run.root_run_id = r.root_task_run_id;
+        run.queue = e.queue.name;
+        run.machine = e.machine.preset();
+        run.batch_id = e.batch.map(|b| b.id);
+        let snap = snapshot(&run, &v.snapshot, &Value::Null);
         run.snapshot_id = snap.id.clone();
         run.execution_status = snap.execution_status;
         let worker = WorkerVersion {
             id: String::new(),
             env_id: String::new(),
-            version: str_of(&r["version"]),
+            version: r.version,
             content_hash: String::new(),
             sdk_version: None,
             cli_version: None,
             created_at: 0,
         };
         let mut task = task_def(&run, &worker);
-        task.file_path = str_of(&e["task"]["filePath"]);
+        task.file_path = e.task.file_path;
         let environment = Environment {
-            id: str_of(&e["environment"]["id"]),
-            project_id: str_of(&e["project"]["id"]),
-            kind: e["environment"]["type"]
-                .as_str()
-                .and_then(EnvironmentType::parse)
-                .unwrap_or(EnvironmentType::Development),
+            id: e.environment.id,
+            project_id: e.project.id,
+            kind: EnvironmentType::parse(&e.environment.kind).unwrap_or(EnvironmentType::Development),
             concurrency_limit: 0,
             paused: false,
             created_at: 0,
         };
         *self.inner.env_id.lock().unwrap_or_else(|e| e.into_inner()) = Some(environment.id.clone());
         let queue = QueueDef {
-            id: str_of(&e["queue"]["id"]),
+            id: e.queue.id,
             env_id: environment.id.clone(),
             name: run.queue.clone(),
             concurrency_limit: None,
@@ -1253,8 +1257,8 @@ impl Http {
             updated_at: 0,
         };
         let payload = Packet {
-            data: opt_str(&r["payload"]).filter(|p| !p.is_empty()),
-            data_type: r["payloadType"].as_str().unwrap_or("application/json").to_string(),
+            data: r.payload.filter(|p| !p.is_empty()),
+            data_type: r.payload_type.unwrap_or_else(|| "application/json".to_string()),
         };
         StartedAttempt {
             run,
@@ -1309,5 +1313,138 @@ fn task_def(run: &Run, worker: &WorkerVersion) -> TaskDef {
         ttl_ms: None,
         payload_schema: None,
         created_at: 0,
+    }
+}
+
+/// The worker protocol's hot answers, read straight into what the SDK uses (fields it does
+/// not use are skipped; small parts it hands to shared helpers stay JSON values).
+mod wire {
+    use serde::Deserialize;
+    use serde_json::Value;
+    use trigger_engine::MachinePreset;
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(rename_all = "camelCase", default)]
+    pub struct DequeueAnswer {
+        pub dequeued_messages: Vec<DequeuedIn>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(rename_all = "camelCase", default)]
+    pub struct DequeuedIn {
+        pub run: DequeuedRunIn,
+        pub snapshot: Value,
+        pub completed_waitpoints: Value,
+        pub background_worker: WorkerIn,
+        pub attempt: Option<StartedIn>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(rename_all = "camelCase", default)]
+    pub struct DequeuedRunIn {
+        pub id: String,
+        pub attempt_number: u32,
+        pub is_test: bool,
+        pub master_queue: String,
+        pub machine: MachineIn,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default)]
+    pub struct MachineIn {
+        pub name: Option<String>,
+    }
+
+    impl MachineIn {
+        pub fn preset(&self) -> Option<MachinePreset> {
+            self.name.as_deref().and_then(MachinePreset::parse)
+        }
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default)]
+    pub struct WorkerIn {
+        pub id: String,
+        pub version: String,
+    }
+
+    /// `StartRunAttemptResult`.
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default)]
+    pub struct StartedIn {
+        pub execution: ExecutionIn,
+        pub run: RunMetaIn,
+        pub snapshot: Value,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default)]
+    pub struct RunMetaIn {
+        pub status: String,
+    }
+
+    /// `TaskRunExecution`.
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default)]
+    pub struct ExecutionIn {
+        pub run: ExecutionRunIn,
+        pub task: TaskIn,
+        pub attempt: AttemptIn,
+        pub queue: QueueIn,
+        pub machine: MachineIn,
+        pub batch: Option<IdIn>,
+        pub environment: EnvironmentIn,
+        pub project: IdIn,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(rename_all = "camelCase", default)]
+    pub struct ExecutionRunIn {
+        pub id: String,
+        pub tags: Vec<String>,
+        pub is_test: bool,
+        pub idempotency_key: Option<String>,
+        pub max_attempts: Option<u32>,
+        pub max_duration: Option<u32>,
+        pub metadata: Option<Value>,
+        pub parent_task_run_id: Option<String>,
+        pub root_task_run_id: Option<String>,
+        pub version: String,
+        pub payload: Option<String>,
+        pub payload_type: Option<String>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(rename_all = "camelCase", default)]
+    pub struct TaskIn {
+        pub id: String,
+        pub file_path: String,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default)]
+    pub struct AttemptIn {
+        pub number: u32,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default)]
+    pub struct QueueIn {
+        pub id: String,
+        pub name: String,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default)]
+    pub struct IdIn {
+        pub id: String,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default)]
+    pub struct EnvironmentIn {
+        pub id: String,
+        #[serde(rename = "type")]
+        pub kind: String,
     }
 }
