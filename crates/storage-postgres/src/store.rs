@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_registry_generation.sql")),
     (3, include_str!("../migrations/0003_ready_resume.sql")),
     (4, include_str!("../migrations/0004_runs_partial_indexes.sql")),
+    (5, include_str!("../migrations/0005_runs_hot_updates.sql")),
 ];
 
 /// PostgreSQL's `synchronous_commit` for the store's sessions.

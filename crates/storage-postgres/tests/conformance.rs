@@ -9,7 +9,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{url, Schemas};
+use support::{admin, url, Schemas};
 use trigger_engine::conformance;
 use trigger_engine::model::{Environment, EnvironmentType};
 use trigger_engine::storage::{ErrorKind, Store};
@@ -82,6 +82,39 @@ fn concurrent_connects_migrate_once_and_reconnecting_keeps_data() {
     assert_eq!(store.applied_migrations().expect("migrations"), applied, "nothing re-applied");
     let mut tx = store.begin().expect("begin");
     assert_eq!(tx.get_environment("env_keep").expect("get"), Some(env));
+}
+
+/// Migration 5: no index of `runs` covers the status, so a run's transitions are heap-only
+/// (HOT) updates that write no index entries; only entering or leaving `PENDING_VERSION`
+/// changes an indexed value (the flag its index is on).
+#[test]
+fn a_run_changing_status_writes_no_index_entries() {
+    let schemas = Schemas::new("hot");
+    let schema = schemas.create();
+    let runs = format!("\"{schema}\".runs");
+    admin(&format!(
+        "INSERT INTO {runs} (id, env_id, task, status, queue, is_test, created_at, tags, body)
+         VALUES ('run_hot', 'env_hot', 't', 'QUEUED', 'task/t', false, 1, '{{}}', '{{}}')"
+    ));
+    let hot_updates = |statuses: &[&str]| {
+        let updates: String = statuses
+            .iter()
+            .map(|s| {
+                format!("UPDATE {runs} SET status = '{s}', body = '{{\"s\":\"{s}\"}}' WHERE id = 'run_hot';")
+            })
+            .collect();
+        admin(&format!(
+            "BEGIN; {updates}
+             SELECT pg_stat_get_xact_tuples_hot_updated('{runs}'::regclass)::text; COMMIT"
+        ))
+    };
+    assert_eq!(hot_updates(&["DEQUEUED", "EXECUTING", "COMPLETED_SUCCESSFULLY"]), vec![Some("3".into())]);
+    // Into PENDING_VERSION and out of it: the flag's index gets (and drops) the run.
+    assert_eq!(hot_updates(&["PENDING_VERSION"]), vec![Some("0".into())]);
+    let waiting = format!("SELECT id FROM {runs} WHERE env_id = 'env_hot' AND pending_version");
+    assert_eq!(admin(&waiting), vec![Some("run_hot".into())]);
+    assert_eq!(hot_updates(&["QUEUED"]), vec![Some("0".into())]);
+    assert!(admin(&waiting).is_empty());
 }
 
 #[test]
