@@ -16,6 +16,7 @@ use crate::tx::SqliteTx;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_ready_resume.sql")),
+    (3, include_str!("../migrations/0003_runs_status_unindexed.sql")),
 ];
 
 /// How long a statement waits for another connection's write lock before failing with

@@ -850,6 +850,14 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn list_runs_in_status(&mut self, env_id: &str, status: RunStatus, max: u32) -> StorageResult<Vec<Run>> {
+        if status == RunStatus::PendingVersion {
+            // The partial index of migration 3 serves only a query that names the status.
+            return self.bodies(
+                "SELECT body FROM runs WHERE env_id = ?1 AND status = 'PENDING_VERSION'
+                 ORDER BY created_at, id LIMIT ?2",
+                params![env_id, limit(max)],
+            );
+        }
         self.bodies(
             "SELECT body FROM runs WHERE env_id = ?1 AND status = ?2 ORDER BY created_at, id LIMIT ?3",
             params![env_id, status.as_str(), limit(max)],

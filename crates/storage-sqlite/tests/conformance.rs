@@ -113,6 +113,33 @@ fn reopening_keeps_data_and_does_not_rerun_migrations() {
     assert_eq!(tx.get_environment("env_keep").expect("get"), Some(env));
 }
 
+/// Migration 3: a run's status changes at every transition and no index covers it, except
+/// the partial one of the runs waiting for a version, which the engine looks up by status.
+#[test]
+fn only_runs_waiting_for_a_version_are_indexed_by_status() {
+    let dir = TempDir::new("status-index");
+    let path = dir.file("status.sqlite");
+    drop(SqliteStore::open(&path).expect("open"));
+    let conn = rusqlite::Connection::open(&path).expect("open directly");
+    let indexes: Vec<(String, String)> = conn
+        .prepare(
+            "SELECT il.name, ii.name FROM pragma_index_list('runs') il, pragma_index_info(il.name) ii
+             WHERE ii.name = 'status' OR il.partial",
+        )
+        .expect("prepare")
+        .query_map([], |r| Ok((r.get(0)?, r.get::<_, Option<String>>(1)?.unwrap_or_default())))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    let status_indexed: Vec<&str> =
+        indexes.iter().filter(|(_, col)| col == "status").map(|(i, _)| i.as_str()).collect();
+    assert!(status_indexed.is_empty(), "indexes of runs on status: {status_indexed:?}");
+    let sql: String = conn
+        .query_row("SELECT sql FROM sqlite_master WHERE name = 'runs_pending_version'", [], |r| r.get(0))
+        .expect("the pending-version index");
+    assert!(sql.ends_with("WHERE status = 'PENDING_VERSION'"), "{sql}");
+}
+
 #[test]
 fn concurrent_opens_migrate_once() {
     let dir = TempDir::new("open-race");
