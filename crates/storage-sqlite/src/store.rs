@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_ready_resume.sql")),
     (3, include_str!("../migrations/0003_runs_status_unindexed.sql")),
+    (4, include_str!("../migrations/0004_run_tags_from_the_store.sql")),
 ];
 
 /// How long a statement waits for another connection's write lock before failing with

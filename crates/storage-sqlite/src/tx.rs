@@ -682,6 +682,14 @@ impl Tx for SqliteTx<'_> {
                      ?10, ?11, ?12, ?13, ?14, ?15)",
             run,
         )?;
+        if !run.tags.is_empty() {
+            // Migration 4: the store, not a trigger, copies a new run's tags.
+            let tags = encode(&run.tags)?;
+            self.exec(
+                "INSERT OR IGNORE INTO run_tags (run_id, tag) SELECT ?1, value FROM json_each(?2)",
+                params![run.id, tags],
+            )?;
+        }
         self.exec(
             "INSERT INTO run_data (run_id, payload, payload_type) VALUES (?1, ?2, ?3)
              ON CONFLICT (run_id) DO UPDATE SET
