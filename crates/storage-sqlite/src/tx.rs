@@ -247,8 +247,8 @@ impl<'c> SqliteTx<'c> {
         self.payloads.clear();
     }
 
-    fn write_run(&self, sql: &str, run: &Run) -> StorageResult<usize> {
-        let tags = encode(&run.tags)?;
+    /// Writes a run's row; `tags` is its tags encoded.
+    fn write_run(&self, sql: &str, run: &Run, tags: &str) -> StorageResult<usize> {
         let body = encode(run)?;
         self.exec(
             sql,
@@ -674,6 +674,7 @@ impl Tx for SqliteTx<'_> {
     // Runs.
 
     fn insert_run(&mut self, run: &Run, payload: &Packet) -> StorageResult<()> {
+        let tags = encode(&run.tags)?;
         self.write_run(
             "INSERT INTO runs (id, env_id, task, status, queue, batch_id, parent_run_id, version,
                                is_test, machine, created_at, idempotency_key, tags, body)
@@ -681,10 +682,10 @@ impl Tx for SqliteTx<'_> {
                      coalesce((SELECT version FROM workers WHERE id = ?8), ?9),
                      ?10, ?11, ?12, ?13, ?14, ?15)",
             run,
+            &tags,
         )?;
         if !run.tags.is_empty() {
             // Migration 4: the store, not a trigger, copies a new run's tags.
-            let tags = encode(&run.tags)?;
             self.exec(
                 "INSERT OR IGNORE INTO run_tags (run_id, tag) SELECT ?1, value FROM json_each(?2)",
                 params![run.id, tags],

@@ -347,7 +347,7 @@ impl Http {
     }
 
     async fn post(&self, path: &str, body: Value, replay: Replay) -> Result<Value> {
-        self.send(Method::POST, path, Some((body.to_string(), "application/json")), replay).await
+        self.post_typed(path, body, replay).await
     }
 
     /// Reads the push channel into `tx`, reconnecting after errors, while anyone listens.
